@@ -1,0 +1,200 @@
+"""Implicit steerable kernels: a G-equivariant MLP φ maps edge geometry to Hom(ρ_in, ρ_out).
+
+Zhdanov, Hoffmann, Cesa, "Implicit Convolutional Kernels for Steerable CNNs" (NeurIPS 2023), §3.
+
+.. math::
+
+    k(x, a) = w(|x|)\\, \\mathrm{reshape}\\big(φ(x, a)\\big), \\qquad
+    φ(g·x, g·a) = (ρ_{out}(g) ⊗ ρ_{in}(g))\\, φ(x, a)
+
+so ``k(gx) = ρ_out(g) k(x) ρ_in(g)^T`` for every g in G, for any G ≤ O(d) escnn can restrict to.
+
+φ's input field is ``u ⊕ u⊗u ⊕ … (direction powers, std rep) ⊕ RBF(|x|) (trivial) ⊕ attributes``.
+The direction powers give the linear layers access to every frequency up to ``direction_order``
+(a gated MLP cannot create frequency 2 from a vector alone). The output type is the direct sum, over
+pairs (out field i, in field j), of ρ_i ⊗ ρ_j, so any FieldType in and out is supported — mixed
+irreps, multiplicities, regular representations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from escnn.nn import FieldType
+from torch import nn
+
+from steerable.groups import GroupSpec
+from steerable.kernels.linear import EquivariantLinear
+from steerable.nn.field_ops import FieldBatchNorm, GatedNonlinearity
+
+
+def band_limited_spec(channels: int, band_limit: int, dim: int = 3) -> str:
+    """Hidden field spec: ``channels`` copies of every O(d) irrep of frequency ≤ ``band_limit``."""
+    terms = [f"{channels}x0e", f"{channels}x0o"]
+    for l in range(1, band_limit + 1):
+        terms += [f"{channels}x{l}e", f"{channels}x{l}o"] if dim == 3 else [f"{channels}x{l}"]
+    return "+".join(terms)
+
+
+class RadialWindow(nn.Module):
+    """Learnable radial window ``w(r) = exp(−(r/σ)²)`` times an optional smooth cosine cutoff.
+
+    Shapes: ``r: (E,) → (E,)``.
+    """
+
+    def __init__(self, width: float = 2.0, cutoff: float | None = None, learnable: bool = True):
+        super().__init__()
+        log_width = torch.tensor(math.log(width))
+        self.log_width = nn.Parameter(log_width) if learnable else nn.Buffer(log_width)
+        self.cutoff = cutoff
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        w = torch.exp(-(r / self.log_width.exp()) ** 2)
+        if self.cutoff is not None:
+            w = w * 0.5 * (torch.cos(math.pi * (r / self.cutoff).clamp(max=1.0)) + 1.0)
+        return w
+
+
+class ImplicitKernel(nn.Module):
+    """The kernel MLP φ plus the bookkeeping to turn its output into (C_out × C_in) kernels.
+
+    Args:
+        group: the symmetry group.
+        in_type: FieldType of the convolution input (C_in = in_type.size).
+        out_type: FieldType of the convolution output (C_out = out_type.size).
+        attr_type: optional FieldType (over ``group.fiber``) of extra per-edge inputs to φ
+            (bond one-hots are trivial fields; a vector attribute is ``1o``).
+        hidden: spec of φ's hidden fields; default ``band_limited_spec(channels, band_limit)``.
+        channels, band_limit: multiplicity and maximal frequency of the default hidden type.
+        n_layers: number of linear layers of φ (≥ 2; the last maps to the Hom type).
+        direction_order: highest tensor power of the unit direction fed to φ (1 or 2).
+        n_rbf, rbf_max: Gaussian radial basis of |x| fed to φ as invariants.
+        window_width, cutoff: radial window parameters (Å or whatever unit positions use).
+        batch_norm: equivariant batch norm after each hidden nonlinearity.
+
+    Types: φ input ``std^{⊗1..order} ⊕ n_rbf×trivial ⊕ attr_type``; φ hidden ``hidden``;
+    φ output ``⊕_{i,j} ρ_out,i ⊗ ρ_in,j`` (``hom_type``).
+
+    Shapes: ``rel_pos: (E, d)``, ``attr: (E, attr_type.size)`` → ``hidden: (E, H)``,
+    ``kernel: (E, C_out, C_in)``.
+    """
+
+    def __init__(self, group: GroupSpec, in_type: FieldType, out_type: FieldType,
+                 attr_type: FieldType | None = None, hidden: str | None = None, channels: int = 8,
+                 band_limit: int = 1, n_layers: int = 3, direction_order: int = 2, n_rbf: int = 8,
+                 rbf_max: float = 5.0, window_width: float = 2.0, cutoff: float | None = None,
+                 batch_norm: bool = True):
+        super().__init__()
+        if n_layers < 2:
+            raise ValueError(f"the kernel MLP needs n_layers >= 2 (hidden + Hom layer), got {n_layers}")
+        if direction_order not in (1, 2):
+            raise ValueError(f"direction_order must be 1 or 2, got {direction_order}")
+        for name, ft in (("in_type", in_type), ("out_type", out_type)):
+            if ft.fibergroup != group.group:
+                raise ValueError(f"{name} {ft} is not a field type of group {group.name!r} ({group.group})")
+        self.group, self.in_type, self.out_type = group, in_type, out_type
+        self.direction_order, self.n_rbf = direction_order, n_rbf
+        self.register_buffer("rbf_centers", torch.linspace(0.0, rbf_max, n_rbf), persistent=False)
+        self.rbf_width = rbf_max / max(n_rbf - 1, 1)
+        self.window = RadialWindow(window_width, cutoff)
+
+        fiber = group.fiber
+        input_reps = [group.std_rep]
+        if direction_order == 2:
+            input_reps.append(group.tensor(group.std_rep, group.std_rep))
+        input_reps += [fiber.trivial_repr] * n_rbf
+        if attr_type is not None:
+            input_reps += list(attr_type.representations)
+        self.attr_size = 0 if attr_type is None else attr_type.size
+        self.input_type = fiber.type(*input_reps)
+        self.hidden_type = group.field_type(hidden or band_limited_spec(channels, band_limit, group.dim), on="fiber")
+
+        layers: list[nn.Module] = []
+        previous = self.input_type
+        for _ in range(n_layers - 1):
+            gates = GatedNonlinearity(self.hidden_type)
+            gated_type = fiber.type(*self.hidden_type.representations, *[fiber.trivial_repr] * gates.num_gates)
+            layers += [EquivariantLinear(previous, gated_type), gates]
+            if batch_norm:
+                layers.append(FieldBatchNorm(self.hidden_type))
+            previous = self.hidden_type
+        self.mlp = nn.Sequential(*layers)
+
+        hom_reps, flat_index = self._hom_blocks()
+        self.hom_type = fiber.type(*hom_reps)
+        self.hom = EquivariantLinear(self.hidden_type, self.hom_type)
+        self.register_buffer("flat_index", flat_index, persistent=False)
+
+    @property
+    def hidden_size(self) -> int:
+        """H: size of φ's last hidden layer (the contraction dimension)."""
+        return self.hidden_type.size
+
+    def _hom_blocks(self) -> tuple[list, torch.Tensor]:
+        """Hom reps ρ_i ⊗ ρ_j block by block and, for each Hom coordinate, its flat (out·C_in + in) index."""
+        reps, index = [], []
+        c_in = self.in_type.size
+        out_offsets = _offsets(self.out_type)
+        in_offsets = _offsets(self.in_type)
+        for rep_o, off_o in zip(self.out_type.representations, out_offsets):
+            for rep_i, off_i in zip(self.in_type.representations, in_offsets):
+                reps.append(self.group.tensor(rep_o, rep_i))
+                rows = torch.arange(off_o, off_o + rep_o.size)[:, None]
+                cols = torch.arange(off_i, off_i + rep_i.size)[None, :]
+                index.append((rows * c_in + cols).reshape(-1))  # kron(ρ_o, ρ_i) acts on row-major blocks
+        return reps, torch.cat(index)
+
+    def edge_features(self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """φ's input ``(E, input_type.size)`` and the distances ``(E,)``; zero vectors give u = 0, no NaN."""
+        r = torch.sqrt((rel_pos * rel_pos).sum(-1) + 1e-12)
+        u = rel_pos / r[:, None]
+        feats = [u]
+        if self.direction_order == 2:
+            feats.append((u[:, :, None] * u[:, None, :]).flatten(1))
+        feats.append(torch.exp(-((r[:, None] - self.rbf_centers) / self.rbf_width) ** 2))
+        if self.attr_size:
+            if attr is None or attr.shape[-1] != self.attr_size:
+                got = None if attr is None else tuple(attr.shape)
+                raise ValueError(f"kernel expects edge attributes of size {self.attr_size}, got {got}")
+            feats.append(attr.to(rel_pos.dtype))
+        return torch.cat(feats, dim=-1), r
+
+    def hidden(self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """φ's last hidden activation times the radial window, and the window itself.
+
+        Shapes: ``rel_pos: (E, d) → (E, H), (E,)``.
+        """
+        feats, r = self.edge_features(rel_pos, attr)
+        window = self.window(r)
+        return self.mlp(feats) * window[:, None], window
+
+    def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The Hom layer reshaped for contraction: ``W̃ (C_out, H, C_in)`` and ``B (C_out, C_in)`` or None.
+
+        ``k(x) = Σ_h W̃[:, h, :] · hidden(x)[h] + w(|x|)·B`` (B: the Hom layer's bias on invariant blocks).
+        Both are scaled by 1/√C_in so outputs keep unit variance at initialisation.
+        """
+        weight, bias = self.hom.weight_and_bias()
+        c_out, c_in, h = self.out_type.size, self.in_type.size, self.hidden_size
+        scale = 1.0 / math.sqrt(c_in)
+        full = weight.new_zeros(c_out * c_in, h).index_copy(0, self.flat_index, weight * scale)
+        w_tilde = full.view(c_out, c_in, h).transpose(1, 2)
+        b_full = None
+        if bias is not None:
+            b_full = bias.new_zeros(c_out * c_in).index_copy(0, self.flat_index, bias * scale).view(c_out, c_in)
+        return w_tilde, b_full
+
+    def kernel(self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-edge kernel matrices ``w(r)·(W φ(x) + b)``: ``(E, C_out, C_in)`` (readable, memory-hungry)."""
+        h, window = self.hidden(rel_pos, attr)
+        w_tilde, bias = self.weight_and_bias()
+        k = torch.einsum("ohi,eh->eoi", w_tilde, h)
+        if bias is not None:
+            k = k + window[:, None, None] * bias
+        return k
+
+
+def _offsets(field_type: FieldType) -> list[int]:
+    sizes = [rep.size for rep in field_type.representations]
+    return [sum(sizes[:i]) for i in range(len(sizes))]
