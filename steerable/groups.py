@@ -219,6 +219,10 @@ def _build(name: str, dim: int, N: int | None, maximum_frequency: int) -> GroupS
     else:
         ambient = gspaces.flipRot2dOnR2(N=-1, maximum_frequency=maximum_frequency)
     space, _, _ = ambient.restrict(sg_id)
+    if dim == 2:
+        # escnn re-centres the flip axis of planar gspaces (id (0., N) → (π, N)); representations must
+        # be restricted along the same embedding as the gspace's action on the plane.
+        sg_id = space._sg_id
     spec = GroupSpec(name=name, dim=dim, sg_id=sg_id, ambient=ambient, gspace=space,
                      fiber=gspaces.no_base_space(space.fibergroup), std_rep=space.basespace_action)
     spec._parents[spec.std_rep.name] = ambient.basespace_action

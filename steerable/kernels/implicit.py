@@ -26,7 +26,7 @@ from torch import nn
 
 from steerable.groups import GroupSpec
 from steerable.kernels.linear import EquivariantLinear
-from steerable.nn.field_ops import FieldBatchNorm, GatedNonlinearity
+from steerable.nn.field_ops import FieldBatchNorm, build_nonlinearity
 
 
 def band_limited_spec(channels: int, band_limit: int, dim: int = 3) -> str:
@@ -72,6 +72,7 @@ class ImplicitKernel(nn.Module):
         n_rbf, rbf_max: Gaussian radial basis of |x| fed to φ as invariants.
         window_width, cutoff: radial window parameters (Å or whatever unit positions use).
         batch_norm: equivariant batch norm after each hidden nonlinearity.
+        nonlinearity: ``"gated"`` (default) or ``"norm"``; both exactly equivariant for every G.
 
     Types: φ input ``std^{⊗1..order} ⊕ n_rbf×trivial ⊕ attr_type``; φ hidden ``hidden``;
     φ output ``⊕_{i,j} ρ_out,i ⊗ ρ_in,j`` (``hom_type``).
@@ -84,7 +85,7 @@ class ImplicitKernel(nn.Module):
                  attr_type: FieldType | None = None, hidden: str | None = None, channels: int = 8,
                  band_limit: int = 1, n_layers: int = 3, direction_order: int = 2, n_rbf: int = 8,
                  rbf_max: float = 5.0, window_width: float = 2.0, cutoff: float | None = None,
-                 batch_norm: bool = True):
+                 batch_norm: bool = True, nonlinearity: str = "gated"):
         super().__init__()
         if n_layers < 2:
             raise ValueError(f"the kernel MLP needs n_layers >= 2 (hidden + Hom layer), got {n_layers}")
@@ -113,7 +114,7 @@ class ImplicitKernel(nn.Module):
         layers: list[nn.Module] = []
         previous = self.input_type
         for _ in range(n_layers - 1):
-            gates = GatedNonlinearity(self.hidden_type)
+            gates = build_nonlinearity(nonlinearity, self.hidden_type)
             gated_type = fiber.type(*self.hidden_type.representations, *[fiber.trivial_repr] * gates.num_gates)
             layers += [EquivariantLinear(previous, gated_type), gates]
             if batch_norm:

@@ -104,3 +104,36 @@ class FieldBatchNorm(nn.Module):
         scale = (self.weight * torch.rsqrt(var + self.eps))[lay.field_of_channel]
         bias = torch.where(lay.trivial_channel, self.bias, torch.zeros_like(self.bias))
         return (x - mean) * scale + bias
+
+
+class NormNonlinearity(nn.Module):
+    """Exactly equivariant norm nonlinearity: ``x_f ↦ x_f · sigmoid(‖x_f‖ − b_f)`` on non-trivial fields.
+
+    Trivial fields go through ``activation``. Needs no gate channels (input type = output type).
+
+    Shapes: ``x: (N, C) → (N, C)``.
+    """
+
+    num_gates = 0
+
+    def __init__(self, field_type: FieldType, activation: nn.Module | None = None):
+        super().__init__()
+        self.layout = FieldLayout(field_type)
+        self.activation = activation or nn.SiLU()
+        self.bias = nn.Parameter(torch.zeros(self.layout.num_fields))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        norms = torch.sqrt(lay.field_sq_norms(x) + 1e-12)
+        gated = x * (2 * torch.sigmoid(norms - self.bias))[:, lay.field_of_channel]
+        return torch.where(lay.trivial_channel, self.activation(x), gated)
+
+
+NONLINEARITIES = {"gated": GatedNonlinearity, "norm": NormNonlinearity}
+
+
+def build_nonlinearity(kind: str, field_type: FieldType) -> GatedNonlinearity | NormNonlinearity:
+    """``"gated"`` or ``"norm"`` nonlinearity for ``field_type`` (both exactly equivariant)."""
+    if kind not in NONLINEARITIES:
+        raise ValueError(f"unknown nonlinearity {kind!r}; valid: {', '.join(NONLINEARITIES)}")
+    return NONLINEARITIES[kind](field_type)
