@@ -1,0 +1,84 @@
+"""Config → objects, and checkpoint → (task, config).
+
+Every checkpoint written by :mod:`steerable.train` carries the resolved run config (secrets
+redacted) under ``checkpoint["steerable_config"]``, so :func:`load_checkpoint` rebuilds the exact
+model and task from the recipe and loads the weights — no pickled modules, no guessing.
+
+This is the one library module that uses ``hydra.utils.instantiate`` (it is the config → objects
+boundary shared by the three entrypoints ``train``, ``evaluate`` and ``predict``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from steerable.config_checks import ConfigError
+
+CONFIG_KEY = "steerable_config"
+
+
+class StoreConfig(pl.Callback):
+    """Writes the resolved run config into every checkpoint (``checkpoint["steerable_config"]``).
+
+    Args:
+        config: the resolved run config as a plain dict, secrets already redacted.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = self.config
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node, **kwargs)`` with plain containers passed to the target.
+
+    A ``ValueError``/``KeyError`` raised by the target's constructor (a bad option for this group,
+    an incompatible field type…) becomes a :class:`ConfigError` naming the config ``key``.
+    """
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (ValueError, KeyError)):
+            raise ConfigError(f"{key}: {cause}") from err
+        raise
+
+
+def build_model_and_task(cfg: DictConfig) -> pl.LightningModule:
+    """The task LightningModule wrapping a freshly built ``cfg.model``."""
+    return build(cfg.task, "task", model=build(cfg.model, "model"))
+
+
+def load_checkpoint(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
+                    ) -> tuple[pl.LightningModule, DictConfig]:
+    """Rebuild the task (with its model) from a checkpoint and load the weights.
+
+    The file is read with ``torch.load(weights_only=True)``: no pickled code runs.
+
+    Returns:
+        ``(task, cfg)``: the task in eval mode and the run config it was trained with.
+
+    Raises:
+        ConfigError: if the file is missing or was not written by ``steerable.train``.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if CONFIG_KEY not in checkpoint:
+        raise ConfigError(f"{path} holds no '{CONFIG_KEY}' (was it written by steerable.train?)")
+    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+    task = build_model_and_task(cfg)
+    task.on_load_checkpoint(checkpoint)
+    task.load_state_dict(checkpoint["state_dict"])
+    return task.eval(), cfg

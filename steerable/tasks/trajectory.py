@@ -1,0 +1,44 @@
+"""Trajectory prediction (N-body): predict every particle's future position."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from steerable.tasks.base import BaseTask, Interval, Mode, OptimizerFactory, SchedulerFactory
+
+
+class TrajectoryTask(BaseTask):
+    """Mean squared error between predicted and true future positions, logged as ``{stage}/mse``.
+
+    Args:
+        model: ``forward(batch) -> (N, 3)`` predicted positions.
+        (others as in :class:`~steerable.tasks.base.BaseTask`)
+
+    Shapes:
+        ``batch.y: (N, 3)``; ``forward(batch): (N, 3)``.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory,
+                 scheduler: SchedulerFactory | None = None, scheduler_interval: Interval = "epoch",
+                 monitor: str = "val/mse",
+                 monitor_mode: Mode = "min") -> None:
+        super().__init__(model, optimizer, scheduler, scheduler_interval, monitor, monitor_mode)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        loss = F.mse_loss(self.model(batch), batch.y)
+        self._log_stage(stage, {"loss": loss, "mse": loss}, batch_size=batch.num_graphs)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self(batch)

@@ -1,0 +1,182 @@
+"""Training entrypoint: ``python -m steerable.train [overrides]`` (console script ``steerable-train``).
+
+:func:`train` is a pure function of the composed config (tests call it directly); :func:`main` is
+the thin Hydra wrapper. Config mistakes end in a single ``error: …`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, InstantiationException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+from steerable.checkpoint import StoreConfig, build, build_model_and_task
+from steerable.config_checks import ConfigError, check_config, check_override_choices, redact_secrets
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config as a plain dict, without Hydra's own ``hydra`` node."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return container
+
+
+def configure_wandb(cfg: DictConfig) -> None:
+    """Fill W&B's automatic fields in place: offline mode and the sweep group.
+
+    ``offline: null`` → offline unless ``WANDB_MODE`` is set (then W&B obeys it) or
+    ``WANDB_API_KEY`` is set. ``group: null`` → the sweep dir name for multirun jobs.
+    """
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None:
+        return
+    with open_dict(wandb_cfg):
+        if wandb_cfg.get("offline") is None:
+            wandb_cfg.offline = "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY")
+        if wandb_cfg.get("group") is None and HydraConfig.initialized():
+            hydra_cfg = HydraConfig.get()
+            if hydra_cfg.mode.name == "MULTIRUN":
+                wandb_cfg.group = Path(hydra_cfg.sweep.dir).name
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """Checkpoint to resume from: ``ckpt_path`` (a path or ``last``), else ``last.ckpt`` if resume=auto."""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if cfg.ckpt_path is not None:
+        path = last if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {path}")
+        return str(path)
+    return str(last) if cfg.resume == "auto" and last.is_file() else None
+
+
+def cluster_plugins() -> list[Any]:
+    """Under SLURM: Lightning's requeue on the signal submitit asks SLURM to send (USR2)."""
+    if "SLURM_JOB_ID" in os.environ and SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR2)]
+    return []
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [build(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items() if node]
+
+
+def build_callbacks(cfg: DictConfig, with_logger: bool) -> list[pl.Callback]:
+    """Callbacks from ``cfg.callbacks`` (``null`` entries skipped; the LR monitor needs a logger)."""
+    nodes = (cfg.get("callbacks") or {}).items()
+    callbacks = [build(node, f"callbacks.{name}") for name, node in nodes if node]
+    return [cb for cb in callbacks if with_logger or not isinstance(cb, LearningRateMonitor)]
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Validate, seed, build, fit, test the best checkpoint; write ``metrics.json`` in the run dir.
+
+    Returns:
+        Every metric Lightning collected (``train/…``, ``val/…``, ``test/…``) as floats.
+
+    Raises:
+        ConfigError: on any config problem, before training starts.
+    """
+    resolved = plain_config(cfg)
+    check_config(resolved)
+    pl.seed_everything(cfg.seed, workers=True)
+    configure_wandb(cfg)
+    datamodule = build(cfg.dataset, "dataset")
+    task = build_model_and_task(cfg)
+    loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg, with_logger=bool(loggers))
+    callbacks.append(StoreConfig(redact_secrets(resolved)))
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                                plugins=cluster_plugins())
+    for logger in loggers:
+        logger.log_hyperparams(redact_secrets(resolved))
+    ckpt_path = resume_path(cfg)
+
+    if cfg.train:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.test:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        test_ckpt = best or (None if cfg.train else ckpt_path)
+        trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def one_line(err: BaseException) -> str:
+    """Hydra/OmegaConf messages span many lines (search paths, ``full_key``…): keep the gist."""
+    parts = [str(err)]
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        parts.append(str(err.__cause__))
+    lines = []
+    for text in parts:
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith(("Config search path", "full_key:", "object_type=", "reference_type=")):
+                break
+            if line:
+                lines.append(line)
+    return " ".join(lines)
+
+
+def exit_with_error(err: BaseException) -> None:
+    """Print ``error: <one line>`` on stderr and exit with status 2."""
+    print(f"error: {one_line(err)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_cli(hydra_main: Callable[[], Any]) -> None:
+    """Run a Hydra main function; config errors → ``error: <one line>`` on stderr, exit 2.
+
+    ``HYDRA_FULL_ERROR=1`` in the environment keeps full tracebacks.
+    """
+    verbose = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # make Hydra raise instead of printing, so we can format
+    try:
+        check_override_choices(sys.argv[1:], CONF_DIR)
+        hydra_main()
+    except (ConfigError, CompactHydraException, OmegaConfBaseException) as err:
+        if verbose or isinstance(err, InstantiationException):
+            raise
+        exit_with_error(err)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Hydra task: returns the monitored metric (what sweepers optimise)."""
+    try:
+        return train(cfg).get(cfg.task.monitor)
+    except (ConfigError, OmegaConfBaseException) as err:  # inside the job, before Hydra logs it
+        exit_with_error(err)
+
+
+def main() -> None:
+    run_cli(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()
