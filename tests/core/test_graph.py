@@ -49,7 +49,7 @@ def _ref_radius(pos_src, pos_dst, r, b_src, b_dst, exclude_self, max_nb=None):
 
 
 def _pairs(edge_index):
-    return list(zip(edge_index[0].tolist(), edge_index[1].tolist()))
+    return list(zip(edge_index[0].tolist(), edge_index[1].tolist(), strict=True))
 
 
 @pytest.mark.parametrize("shuffle", [False, True])

@@ -1,0 +1,314 @@
+"""ModelNet-40 on disk: format detection and readers for the three layouts people have.
+
+- ``hdf5``: ``ply_data_{train,test}*.h5`` with ``data (N, P, 3)``, ``label (N, 1)`` and optional
+  ``normal (N, P, 3)``; optional ``train_files.txt``/``test_files.txt`` (entries resolved by
+  basename, so foreign prefixes like ``data/modelnet40_ply_hdf5_2048/`` work), ``shape_names.txt``
+  and ``*_id2file.json``. Any number of points per shape.
+- ``off``: the official raw meshes ``<class>/{train,test}/<class>_XXXX.off`` (also PyG's ``raw/``);
+  points are sampled on the surface (area-weighted, optionally thinned by farthest point sampling)
+  and cached.
+- ``normal_resampled``: ``modelnet40_normal_resampled`` text files ``<class>/<shape_id>.txt`` with
+  ``x,y,z,nx,ny,nz`` per line, listed in ``modelnet40_{train,test}.txt``; parsed once and cached.
+
+Every reader returns a :class:`CloudSet` of raw (un-normalised) points with the standard
+alphabetical class numbering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from steerable.data.mesh import read_off, sample_surface
+
+CLASS_NAMES: tuple[str, ...] = (
+    "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone",
+    "cup", "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard",
+    "lamp", "laptop", "mantel", "monitor", "night_stand", "person", "piano", "plant", "radio",
+    "range_hood", "sink", "sofa", "stairs", "stool", "table", "tent", "toilet", "tv_stand", "vase",
+    "wardrobe", "xbox",
+)
+FORMATS = ("hdf5", "normal_resampled", "off")  # auto-detection priority
+SPLITS = ("train", "test")
+CACHE_VERSION = 1
+EXPECTED_LAYOUTS = (
+    "  hdf5:             ply_data_{train,test}*.h5 (datasets data, label[, normal]), optional "
+    "train_files.txt/test_files.txt, shape_names.txt\n"
+    "  normal_resampled: modelnet40_{train,test}.txt, modelnet40_shape_names.txt, "
+    "<class>/<shape_id>.txt with lines x,y,z,nx,ny,nz\n"
+    "  off:              <class>/{train,test}/<class>_XXXX.off (official raw ModelNet40 layout)"
+)
+
+
+@dataclass
+class CloudSet:
+    """One split in memory.
+
+    Attributes:
+        points: ``(S, P, 3)`` float32 raw coordinates.
+        labels: ``(S,)`` long class indices into ``class_names``.
+        normals: ``(S, P, 3)`` float32 unit normals, or ``None``.
+        shape_ids: ``S`` identifiers such as ``airplane_0001``.
+        class_names: names indexed by label.
+    """
+
+    points: torch.Tensor
+    labels: torch.Tensor
+    normals: torch.Tensor | None
+    shape_ids: list[str]
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+
+def _is_hdf5(d: Path) -> bool:
+    return any(d.glob("ply_data_*.h5")) or (
+        (d / "train_files.txt").is_file() and any(d.glob("*.h5")))
+
+
+def _is_normal_resampled(d: Path) -> bool:
+    return (d / "modelnet40_train.txt").is_file() or (d / "modelnet40_shape_names.txt").is_file()
+
+
+def _is_off(d: Path) -> bool:
+    return any(any((d / c / s).glob("*.off")) for c in CLASS_NAMES for s in SPLITS if (d / c).is_dir())
+
+
+_DETECT = {"hdf5": _is_hdf5, "normal_resampled": _is_normal_resampled, "off": _is_off}
+
+
+def find_layout(root: str | Path, format: str = "auto") -> tuple[str, Path]:
+    """Locate ModelNet-40 data under ``root`` (itself or sub-directories up to depth 2).
+
+    Returns:
+        ``(format, directory)``; with ``format="auto"`` the first found in :data:`FORMATS` order.
+
+    Raises:
+        FileNotFoundError: listing the expected layouts when nothing matches.
+    """
+    if format != "auto" and format not in FORMATS:
+        raise ValueError(f"unknown ModelNet format {format!r}; valid: auto, {', '.join(FORMATS)}")
+    root = Path(root).expanduser()
+    if root.is_dir():
+        children = sorted(p for p in root.iterdir() if p.is_dir())
+        grandchildren = sorted(q for p in children for q in p.iterdir() if q.is_dir())
+        for fmt in FORMATS if format == "auto" else (format,):
+            for d in (root, *children, *grandchildren):
+                if _DETECT[fmt](d):
+                    return fmt, d
+    what = "does not exist" if not root.exists() else "contains no recognised ModelNet-40 data"
+    wanted = "any format" if format == "auto" else f"format {format!r}"
+    raise FileNotFoundError(
+        f"ModelNet-40 root {str(root)!r} {what} ({wanted}; searched it and sub-directories up to "
+        f"depth 2). Expected one of these layouts:\n{EXPECTED_LAYOUTS}")
+
+
+def _read_names(path: Path) -> tuple[str, ...]:
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def _shape_ids(h5_file: Path, rows: int) -> list[str]:
+    """Shape ids from ``ply_data_train_0_id2file.json`` next to ``ply_data_train0.h5``, if any."""
+    stem = h5_file.stem.rstrip("0123456789")
+    id_file = h5_file.with_name(f"{stem}_{h5_file.stem[len(stem):]}_id2file.json")
+    if id_file.is_file():
+        ids = [Path(s).stem for s in json.loads(id_file.read_text())]
+        if len(ids) == rows:
+            return ids
+    return [f"{h5_file.name}:{i}" for i in range(rows)]
+
+
+def read_hdf5(directory: Path, split: str, use_normals: bool = False) -> CloudSet:
+    """Read one split of an HDF5 point-cloud release (see module docstring)."""
+    import h5py
+
+    listing = directory / f"{split}_files.txt"
+    if listing.is_file():
+        files = [directory / Path(line.strip()).name for line in listing.read_text().splitlines()
+                 if line.strip()]
+    else:
+        files = sorted(directory.glob(f"ply_data_{split}*.h5"),
+                       key=lambda p: (len(p.name), p.name))
+    missing = [str(f) for f in files if not f.is_file()]
+    if not files or missing:
+        raise FileNotFoundError(f"HDF5 files for split {split!r} not found in {directory}: "
+                                f"{missing or 'no ply_data_' + split + '*.h5'}")
+    points, normals, labels, ids = [], [], [], []
+    for f in files:
+        with h5py.File(f, "r") as h5:
+            for key in ("data", "label"):
+                if key not in h5:
+                    raise ValueError(f"{f}: missing dataset {key!r} (has {sorted(h5.keys())})")
+            if use_normals and "normal" not in h5:
+                raise ValueError(f"{f}: use_normals=True but the file has no 'normal' dataset")
+            points.append(torch.from_numpy(np.asarray(h5["data"][..., :3], dtype=np.float32)))
+            labels.append(torch.from_numpy(np.asarray(h5["label"]).reshape(-1).astype(np.int64)))
+            if use_normals:
+                normals.append(torch.from_numpy(np.asarray(h5["normal"][..., :3], dtype=np.float32)))
+        ids += _shape_ids(f, len(labels[-1]))
+    size = min(p.shape[1] for p in points)  # files with different P: keep the common prefix
+    names_file = directory / "shape_names.txt"
+    names = _read_names(names_file) if names_file.is_file() else CLASS_NAMES
+    return CloudSet(torch.cat([p[:, :size] for p in points]), torch.cat(labels),
+                    torch.cat([n[:, :size] for n in normals]) if use_normals else None, ids, names)
+
+
+def _fingerprint(files: list[Path], base: Path) -> str:
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f"{f.relative_to(base)}:{f.stat().st_size}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def _cached(path: Path | None, key: dict, build) -> dict:
+    """Load ``path`` if it holds ``key``; else ``build()`` and write it atomically (temp + rename)."""
+    if path is not None and path.is_file():
+        blob = torch.load(path, weights_only=False)
+        if blob.get("key") == key:
+            return blob
+    blob = build()
+    blob["key"] = key
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(blob, fh)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return blob
+
+
+def _shape_seed(seed: int, shape_id: str) -> list[int]:
+    return [seed, zlib.crc32(shape_id.encode())]
+
+
+def sample_off(path: Path, n: int, sampling: str, seed: int, oversample: int = 4,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``n`` surface points + face normals ``(n, 3)`` from one OFF file (deterministic).
+
+    ``sampling="uniform"`` draws area-weighted points; ``"fps"`` draws ``oversample * n`` and keeps
+    a farthest-point subset (more even coverage).
+    """
+    from steerable.nn.graph import farthest_point_sampling
+
+    verts, faces = read_off(path)
+    rng = np.random.default_rng(_shape_seed(seed, path.stem))
+    if sampling == "uniform":
+        points, normals, _ = sample_surface(verts, faces, n, rng)
+    elif sampling == "fps":
+        points, normals, _ = sample_surface(verts, faces, oversample * n, rng)
+        keep = farthest_point_sampling(torch.from_numpy(points), n=n).numpy()
+        points, normals = points[keep], normals[keep]
+    else:
+        raise ValueError(f"unknown OFF sampling {sampling!r}; valid: uniform, fps")
+    return points.astype(np.float32), normals.astype(np.float32)
+
+
+def read_off_dir(directory: Path, split: str, points_per_shape: int = 2048,
+                 sampling: str = "uniform", seed: int = 0, cache_dir: Path | None = None,
+                 ) -> CloudSet:
+    """Sample every mesh of ``<class>/<split>/*.off`` under ``directory`` (cached in ``cache_dir``)."""
+    unknown = sorted(p.name for p in directory.iterdir()
+                     if p.is_dir() and (p / split).is_dir() and p.name not in CLASS_NAMES)
+    if unknown:
+        raise ValueError(f"{directory}: class directories {unknown} are not ModelNet-40 classes")
+    files = sorted(itertools.chain.from_iterable(
+        (directory / c / split).glob("*.off") for c in CLASS_NAMES))
+    key = {"version": CACHE_VERSION, "format": "off", "split": split, "n": points_per_shape,
+           "sampling": sampling, "seed": seed, "files": _fingerprint(files, directory)}
+    name = f"off_{split}_{points_per_shape}_{sampling}_s{seed}_v{CACHE_VERSION}_{key['files']}.pt"
+
+    def build() -> dict:
+        clouds = [sample_off(f, points_per_shape, sampling, seed) for f in files]
+        return {"points": torch.from_numpy(np.stack([c[0] for c in clouds])) if clouds
+                else torch.zeros(0, points_per_shape, 3),
+                "normals": torch.from_numpy(np.stack([c[1] for c in clouds])) if clouds
+                else torch.zeros(0, points_per_shape, 3),
+                "labels": torch.tensor([CLASS_NAMES.index(f.parent.parent.name) for f in files],
+                                       dtype=torch.long),
+                "shape_ids": [f.stem for f in files]}
+
+    blob = _cached(cache_dir / name if cache_dir else None, key, build)
+    return CloudSet(blob["points"], blob["labels"], blob["normals"], blob["shape_ids"])
+
+
+def _read_text_cloud(path: Path, n: int | None) -> np.ndarray:
+    with path.open() as fh:
+        lines = [line for line in itertools.islice(fh, n) if line.strip()]
+    try:
+        values = np.asarray(" ".join(lines).replace(",", " ").split(), dtype=np.float32)
+        return values.reshape(len(lines), 6)
+    except ValueError:
+        for i, line in enumerate(lines, 1):
+            if len(line.replace(",", " ").split()) != 6:
+                raise ValueError(f"{path}:{i}: expected 'x,y,z,nx,ny,nz', got {line.strip()!r}") from None
+        raise ValueError(f"{path}: non-numeric values") from None
+
+
+def read_normal_resampled(directory: Path, split: str, points_per_shape: int | None = 2048,
+                          cache_dir: Path | None = None) -> CloudSet:
+    """Read the first ``points_per_shape`` points (all if ``None``) of each listed text cloud."""
+    names = _read_names(directory / "modelnet40_shape_names.txt")
+    listing = directory / f"modelnet40_{split}.txt"
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing} not found (expected layout:\n{EXPECTED_LAYOUTS})")
+    ids = list(_read_names(listing))
+    classes = [sid.rsplit("_", 1)[0] for sid in ids]
+    bad = sorted({c for c in classes if c not in names})
+    if bad:
+        raise ValueError(f"{listing}: classes {bad} are not in modelnet40_shape_names.txt")
+    files = [directory / c / f"{sid}.txt" for c, sid in zip(classes, ids, strict=True)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} listed files missing, e.g. {missing[:3]}")
+    key = {"version": CACHE_VERSION, "format": "normal_resampled", "split": split,
+           "n": points_per_shape, "files": _fingerprint(files, directory)}
+    name = f"normal_resampled_{split}_{points_per_shape}_v{CACHE_VERSION}_{key['files']}.pt"
+
+    def build() -> dict:
+        clouds = [_read_text_cloud(f, points_per_shape) for f in files]
+        size = min(len(c) for c in clouds)
+        data = torch.from_numpy(np.stack([c[:size] for c in clouds]))
+        return {"points": data[..., :3].contiguous(), "normals": data[..., 3:].contiguous(),
+                "labels": torch.tensor([names.index(c) for c in classes], dtype=torch.long),
+                "shape_ids": ids}
+
+    blob = _cached(cache_dir / name if cache_dir else None, key, build)
+    return CloudSet(blob["points"], blob["labels"], blob["normals"], blob["shape_ids"], names)
+
+
+def load_split(root: str | Path, split: str, format: str = "auto", use_normals: bool = False,
+               points_per_shape: int = 2048, off_sampling: str = "uniform", seed: int = 0,
+               cache_dir: str | Path | None = None) -> CloudSet:
+    """Detect the layout under ``root`` and read ``split`` (``train`` or ``test``).
+
+    ``points_per_shape`` applies to the sampled/text formats (HDF5 keeps what the file has);
+    ``seed`` fixes the OFF surface samples; ``cache_dir`` (``None``: no cache) stores processed
+    OFF/text clouds.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    fmt, directory = find_layout(root, format)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if fmt == "hdf5":
+        clouds = read_hdf5(directory, split, use_normals)
+    elif fmt == "off":
+        clouds = read_off_dir(directory, split, points_per_shape, off_sampling, seed, cache)
+    else:
+        clouds = read_normal_resampled(directory, split, points_per_shape, cache)
+    if not use_normals:
+        clouds.normals = None
+    return clouds

@@ -1,0 +1,290 @@
+"""ModelNet-40 readers (HDF5, OFF, normal-resampled text) on real files, and the DataModule."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from steerable.data import modelnet_io
+from steerable.data.mesh import read_off, sample_surface
+from steerable.data.modelnet import ModelNet40, ModelNet40DataModule
+from steerable.data.modelnet_io import CLASS_NAMES, find_layout, load_split
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "modelnet40"
+HDF5_DIR, OFF_DIR = SHARED / "hdf5_1024", SHARED / "off" / "ModelNet40"
+needs_shared = pytest.mark.skipif(not HDF5_DIR.is_dir(), reason=f"shared ModelNet-40 data not at {SHARED}")
+
+
+@pytest.fixture(scope="module")
+def hdf5_test():
+    if not HDF5_DIR.is_dir():
+        pytest.skip(f"shared ModelNet-40 data not at {SHARED}")
+    return load_split(SHARED, "test")
+
+
+def _fit_rotation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """R with b ≈ a @ R^T (least squares)."""
+    return torch.linalg.lstsq(a.double(), b.double()).solution.T
+
+
+# ---------------------------------------------------------------- HDF5
+
+
+@needs_shared
+def test_hdf5_split_sizes_and_class_numbering(hdf5_test):
+    train = load_split(SHARED, "train")
+    assert (len(train), len(hdf5_test)) == (9843, 2468)
+    assert train.points.shape == (9843, 1024, 3) and train.points.dtype == torch.float32
+    assert train.class_names == CLASS_NAMES and len(CLASS_NAMES) == 40
+    for clouds in (train, hdf5_test):  # label agrees with the class in the shape id
+        named = [sid.rsplit("_", 1)[0] for sid in clouds.shape_ids]
+        assert [CLASS_NAMES[i] for i in clouds.labels.tolist()] == named
+    assert torch.bincount(hdf5_test.labels, minlength=40)[CLASS_NAMES.index("airplane")] == 100
+
+
+@needs_shared
+def test_hdf5_foreign_prefix_normals_and_any_point_count(tmp_path):
+    (tmp_path / "ply_data_train0.h5").symlink_to(HDF5_DIR / "ply_data_train0.h5")
+    (tmp_path / "train_files.txt").write_text("data/modelnet40_ply_hdf5_2048/ply_data_train0.h5\n")
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "ply_data_test0.h5", "w") as h5:
+        h5["data"] = rng.normal(size=(5, 77, 3)).astype(np.float32)
+        h5["normal"] = rng.normal(size=(5, 77, 3)).astype(np.float32)
+        h5["label"] = np.array([[0], [3], [39], [1], [2]], dtype=np.uint8)
+    (tmp_path / "test_files.txt").write_text("/elsewhere/ply_data_test0.h5\r\n")
+    assert find_layout(tmp_path) == ("hdf5", tmp_path)
+    assert len(load_split(tmp_path, "train")) == 9843
+    test = load_split(tmp_path, "test", use_normals=True)
+    assert test.points.shape == test.normals.shape == (5, 77, 3)
+    assert test.labels.tolist() == [0, 3, 39, 1, 2]
+    with pytest.raises(ValueError, match="no 'normal' dataset"):
+        load_split(tmp_path, "train", use_normals=True)
+
+
+@needs_shared
+def test_datamodule_hdf5_splits_and_determinism():
+    dm = ModelNet40DataModule(str(SHARED), num_points=512, test_rotation="so3", batch_size=8)
+    dm.setup()
+    sizes = {k: len(v) for k, v in dm.datasets.items()}
+    assert sizes["train"] + sizes["val"] == 9843 and sizes["test"] == 2468
+    assert abs(sizes["val"] - 984) <= 20  # 10 % per class, rounded
+    assert dm.format == "hdf5" and dm.num_classes == 40
+    train_rows, val_rows = dm.datasets["train"].indices, dm.datasets["val"].indices
+    assert not set(train_rows.tolist()) & set(val_rows.tolist())
+    again = ModelNet40DataModule(str(SHARED), limit=50)
+    again.setup()
+    assert set(again.datasets["val"].indices.tolist()) <= set(val_rows.tolist())
+    assert len(again.datasets["train"]) == len(again.datasets["test"]) == 50
+    a, b = dm.datasets["test"][7], dm.datasets["test"][7]
+    assert torch.equal(a.pos, b.pos) and a.pos.shape == (512, 3)  # evaluation: fixed
+    assert torch.allclose(a.pos.mean(0), torch.zeros(3), atol=1e-5)
+    assert torch.isclose(a.pos.norm(dim=1).max(), torch.tensor(1.0))
+    t1, t2 = dm.datasets["train"][0], dm.datasets["train"][0]
+    assert not torch.equal(t1.pos, t2.pos)  # training: fresh subset each access
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.pos.shape == (8 * 512, 3) and batch.y.shape == (8,) and batch.y.dtype == torch.long
+
+
+# ---------------------------------------------------------------- rotation protocols
+
+
+@needs_shared
+@pytest.mark.parametrize("kind", ["z", "so3", "o3"])
+def test_rotation_protocols(hdf5_test, kind):
+    plain = ModelNet40(hdf5_test, num_points=1024)
+    dets = []
+    for i in range(24):
+        ref = plain[i].pos
+        pos = ModelNet40(hdf5_test, num_points=1024, rotation=kind, train=True)[i].pos
+        rot = _fit_rotation(ref, pos)
+        assert torch.allclose(rot @ rot.T, torch.eye(3, dtype=rot.dtype), atol=1e-4)
+        dets.append(round(float(torch.det(rot))))
+        if kind == "z":
+            assert torch.allclose(pos[:, 2], ref[:, 2], atol=1e-6)
+    assert set(dets) == ({-1, 1} if kind == "o3" else {1})
+
+
+# ---------------------------------------------------------------- OFF
+
+
+@needs_shared
+def test_all_shared_off_meshes_parse():
+    files = sorted(OFF_DIR.glob("*/*/*.off"))
+    assert len(files) == 15
+    for f in files:
+        header = [ln for ln in f.read_text().splitlines() if ln.strip()][1].split()
+        verts, faces = read_off(f)
+        assert verts.shape == (int(header[0]), 3) and faces.shape == (int(header[1]), 3)
+        assert np.isfinite(verts).all() and 0 <= faces.min() and faces.max() < len(verts)
+
+
+def test_off_parser_robustness(tmp_path):
+    glitch = tmp_path / "glitch.off"  # OFF<nv> <nf> <ne>, CRLF, comments, blank lines, polygons
+    glitch.write_bytes(b"OFF6 3 0\r\n# a comment\r\n\r\n0 0 0\r\n1 0 0\r\n1 1 0\r\n0 1 0\r\n"
+                       b"2 2 0 # trailing comment\r\n2 0 1\r\n3 0 1 2\r\n4 0 1 2 3\r\n"
+                       b"5 0 1 4 5 3 255 0 0\r\n")
+    verts, faces = read_off(glitch)
+    assert verts.shape == (6, 3)
+    assert faces.tolist() == [[0, 1, 2], [0, 1, 2], [0, 2, 3], [0, 1, 4], [0, 4, 5], [0, 5, 3]]
+    cases = {
+        "HEADER\n1 0 0\n": (1, "expected 'OFF'"),
+        "OFF\n2 0 0\n0 0 0\n1 2\n": (4, "vertex 1 needs 3 coordinates"),
+        "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n": (6, "out of range"),
+        "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 x 2\n": (6, "integer"),
+        "OFF\n3 2 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n": (6, "expected 2 faces"),
+        "OFF\nthree 1 0\n": (2, "integer counts"),
+    }
+    for text, (line, message) in cases.items():
+        bad = tmp_path / "bad.off"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=rf"bad\.off:{line}: .*{message}"):
+            read_off(bad)
+
+
+def test_area_weighted_sampling():
+    verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 0, 0], [8, 0, 0], [5, 1, 0]], dtype=float)
+    faces = np.array([[0, 1, 2], [3, 4, 5]])  # areas 0.5 and 1.5: expected counts 1:3
+    points, normals, face = sample_surface(verts, faces, 40000, np.random.default_rng(0))
+    counts = np.bincount(face, minlength=2)
+    assert abs(counts[1] / counts[0] - 3.0) < 0.15
+    first = points[face == 0]
+    assert (first[:, :2] >= -1e-12).all() and (first[:, :2].sum(1) <= 1 + 1e-12).all()
+    assert np.allclose(np.abs(normals[:, 2]), 1.0)
+    with pytest.raises(ValueError, match="surface area"):
+        sample_surface(verts, np.array([[0, 0, 1]]), 10, np.random.default_rng(0))
+
+
+@needs_shared
+def test_off_layout_labels_match_hdf5_and_cache_is_atomic(tmp_path, hdf5_test, monkeypatch):
+    cache = tmp_path / "cache"
+    train = load_split(OFF_DIR.parent, "train", format="off", use_normals=True,
+                       points_per_shape=1024, cache_dir=cache)
+    assert len(train) == 14 and train.normals.shape == (14, 1024, 3)
+    names = [CLASS_NAMES[i] for i in train.labels.tolist()]
+    assert names == [sid.rsplit("_", 1)[0] for sid in train.shape_ids]
+    assert set(train.labels.tolist()) == {0, 1, 2, 15, 32}  # standard numbering, 5 classes
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 1 and files[0].startswith("off_train_1024_uniform") and files[0].endswith(".pt")
+    # the cache is reused: no sampling on the second load
+    monkeypatch.setattr(modelnet_io, "sample_off", lambda *a, **k: pytest.fail("cache not used"))
+    again = load_split(OFF_DIR.parent, "train", format="off", points_per_shape=1024, cache_dir=cache)
+    assert torch.equal(again.points, train.points)
+    monkeypatch.undo()
+    # a failed write leaves neither a partial cache file nor a temp file
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(modelnet_io.torch, "save", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        load_split(OFF_DIR.parent, "test", format="off", cache_dir=cache)
+    assert sorted(p.name for p in cache.iterdir()) == files
+    monkeypatch.undo()
+    # the sampled test mesh agrees with the HDF5 cloud of the same shape id (same class index)
+    test = load_split(SHARED, "test", format="off", points_per_shape=2048, off_sampling="fps",
+                      cache_dir=cache)
+    assert test.shape_ids == ["chair_0890"] and test.labels.tolist() == [CLASS_NAMES.index("chair")]
+    row = hdf5_test.shape_ids.index("chair_0890")
+    assert hdf5_test.labels[row] == test.labels[0]
+    ref = ModelNet40(hdf5_test, [row])[0].pos
+    ours = ModelNet40(test)[0].pos
+    assert torch.cdist(ref, ours).min(dim=1).values.mean() < 0.03
+
+
+# ---------------------------------------------------------------- normal-resampled text
+
+
+@pytest.fixture
+def text_root(tmp_path, hdf5_test):
+    root = tmp_path / "modelnet40_normal_resampled"
+    rows = {"train": [0, 150, 900, 2000], "test": [300, 2400]}
+    for split, picks in rows.items():
+        ids = [hdf5_test.shape_ids[r] for r in picks]
+        (root / f"modelnet40_{split}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"modelnet40_{split}.txt").write_text("\n".join(ids) + "\n")
+        for r, sid in zip(picks, ids, strict=True):
+            pos = hdf5_test.points[r].numpy() * 3.0 + 1.0  # un-normalised on purpose
+            normal = pos / np.linalg.norm(pos, axis=1, keepdims=True)
+            path = root / sid.rsplit("_", 1)[0] / f"{sid}.txt"
+            path.parent.mkdir(exist_ok=True)
+            np.savetxt(path, np.hstack([pos, normal]), fmt="%.6f", delimiter=",")
+    (root / "modelnet40_shape_names.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    return tmp_path, rows
+
+
+@needs_shared
+def test_normal_resampled_reader(text_root, hdf5_test):
+    base, rows = text_root
+    assert find_layout(base)[0] == "normal_resampled"
+    train = load_split(base, "train", use_normals=True, points_per_shape=512, cache_dir=base / "c")
+    assert train.points.shape == train.normals.shape == (4, 512, 3)
+    assert train.labels.tolist() == hdf5_test.labels[rows["train"]].tolist()
+    expect = hdf5_test.points[rows["train"], :512] * 3.0 + 1.0
+    assert torch.allclose(train.points, expect, atol=1e-5)
+    dm = ModelNet40DataModule(str(base), num_points=256, use_normals=True, train_rotation="o3",
+                              val_fraction=0.0, cache_dir=str(base / "c"))
+    dm.setup()
+    assert dm.format == "normal_resampled" and len(dm.datasets["val"]) == 2
+    plain = ModelNet40(train, num_points=256, use_normals=True, seed=3)[1]
+    item = ModelNet40(train, num_points=256, use_normals=True, rotation="o3", train=False, seed=3)[1]
+    rot = _fit_rotation(plain.pos, item.pos)  # same subset in eval mode; normals rotate along
+    assert torch.allclose(item.normal.double(), plain.normal.double() @ rot.T, atol=1e-4)
+    sid = hdf5_test.shape_ids[0]
+    (base / "modelnet40_normal_resampled" / "airplane" / f"{sid}.txt").write_text("1,2,3,0,0,1\n1,2,3\n")
+    with pytest.raises(ValueError, match=rf"{sid}\.txt:2: expected 'x,y,z,nx,ny,nz'"):
+        load_split(base, "train")
+
+
+# ---------------------------------------------------------------- errors and config
+
+
+def test_missing_or_unrecognised_root_lists_layouts(tmp_path):
+    for root in (tmp_path / "nope", tmp_path):
+        with pytest.raises(FileNotFoundError) as err:
+            find_layout(root)
+        text = str(err.value)
+        assert str(root) in text and "ply_data_" in text
+        assert "modelnet40_shape_names.txt" in text and "<class>/{train,test}/<class>_XXXX.off" in text
+    with pytest.raises(ValueError, match="unknown ModelNet format"):
+        find_layout(tmp_path, "ply")
+    with pytest.raises(ValueError, match="unknown train_rotation"):
+        ModelNet40DataModule(str(tmp_path), train_rotation="so2")
+
+
+@needs_shared
+def test_format_choice_and_bad_num_points(hdf5_test):
+    assert find_layout(SHARED) == ("hdf5", HDF5_DIR)
+    assert find_layout(SHARED, "off") == ("off", OFF_DIR)
+    with pytest.raises(FileNotFoundError, match="format 'normal_resampled'"):
+        find_layout(SHARED, "normal_resampled")
+    with pytest.raises(ValueError, match="num_points=2048 but the data has 1024"):
+        ModelNet40(hdf5_test, num_points=2048)
+    with pytest.raises(ValueError, match="no normals"):
+        ModelNet40(hdf5_test, use_normals=True)
+
+
+def test_dataset_configs_instantiate():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+    for name in ("modelnet40", "modelnet40_tiny"):
+        cfg = OmegaConf.load(conf / f"{name}.yaml")
+        cfg = OmegaConf.merge(cfg, {"root": str(SHARED), "cache_dir": None})
+        cfg.pop("defaults", None)
+        dm = instantiate(cfg)
+        assert isinstance(dm, ModelNet40DataModule) and dm.num_classes == 40
+
+
+def test_cache_key_mismatch_rebuilds(tmp_path):
+    path = tmp_path / "c.pt"
+    calls = []
+    build = lambda: calls.append(1) or {"x": len(calls)}  # noqa: E731
+    assert modelnet_io._cached(path, {"v": 1}, build)["x"] == 1
+    assert modelnet_io._cached(path, {"v": 1}, build)["x"] == 1 and len(calls) == 1
+    assert modelnet_io._cached(path, {"v": 2}, build)["x"] == 2
+    assert os.listdir(tmp_path) == ["c.pt"]
