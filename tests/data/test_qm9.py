@@ -1,0 +1,299 @@
+"""QM9 data: parsing, bonds, targets, split, cache, readers — on the real qm9pack files (few hundred
+molecules; the whole file runs in well under a minute)."""
+
+from __future__ import annotations
+
+import ast
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from steerable.data import qm9_bonds, qm9_cache
+from steerable.data.mol_graph import build_edges, num_bond_types
+from steerable.data.molecules import molecules_to_batch, parse_xyz, read_molecules
+from steerable.data.qm9 import SPLIT_SIZES, QM9DataModule, split_indices
+from steerable.data.qm9_raw import NUM_MOLECULES, qm9pack_data_dir, read_qm9pack
+from steerable.data.qm9_targets import ATOM_REFERENCE_HARTREE, HARTREE_TO_MEV
+
+SUBSET = {"train": 160, "val": 40, "test": 40}
+SINGLE, DOUBLE, TRIPLE, AROMATIC = range(4)
+CO2_XYZ = "3\ncarbon dioxide\nC 0.0 0.0 0.0\nO 0.0 0.0 1.16\nO 0.0 0.0 -1.16\n"
+WATER_XYZ = "3\nwater\nO 0.0 0.0 0.1173\nH 0.0 0.7572 -0.4692\nH 0.0 -0.7572 -0.4692\n"
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return read_qm9pack()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("qm9data")
+
+
+@pytest.fixture(scope="module")
+def dm(data_dir):
+    module = QM9DataModule(
+        data_dir=str(data_dir),
+        targets=["homo", "U0", "Cv", "polarizability_tensor"],
+        atomization=True,
+        subset=SUBSET,
+        progress=False,
+    )
+    module.setup()
+    return module
+
+
+def _row(raw, smiles: str) -> int:
+    return int(np.flatnonzero(raw.smiles == smiles)[0])
+
+
+def _molecule(raw, row: int):
+    a, b = raw.atom_ptr[row], raw.atom_ptr[row + 1]
+    return raw.z[a:b], raw.pos[a:b]
+
+
+# --- raw parsing -------------------------------------------------------------------------------
+
+
+def test_raw_matches_csv_literals(raw):
+    assert len(raw) == NUM_MOLECULES and raw.atom_ptr[-1] == len(raw.z)
+    assert (np.diff(raw.index) > 0).all() and raw.index[0] == 1 and raw.index[-1] == 133_885
+    first = pd.read_csv(qm9pack_data_dir() / "qm9_part1.csv", nrows=1).iloc[0]
+    z, pos = _molecule(raw, 0)
+    assert z.tolist() == [{"C": 6, "H": 1}[e] for e in ast.literal_eval(first["Elements"])]
+    np.testing.assert_array_equal(pos, np.array(ast.literal_eval(first["XYZ_Ang"])))
+    assert raw.name[0] == "dsgdb9nsd_000001" and raw.smiles[0] == "C"
+
+
+# --- bonds -------------------------------------------------------------------------------------
+
+
+def _bond_types(bonds: np.ndarray, heavy: np.ndarray) -> list[int]:
+    """Types of bonds between heavy atoms (z > 1)."""
+    mask = heavy[bonds[:, 0]] & heavy[bonds[:, 1]]
+    return sorted(bonds[mask, 2].tolist())
+
+
+def test_benzene_has_six_aromatic_bonds(raw):
+    z, pos = _molecule(raw, _row(raw, "C1=CC=CC=C1"))  # QM9 index 214
+    bonds, method, match = qm9_bonds.perceive_bonds(z, pos, "C1=CC=CC=C1")
+    assert _bond_types(bonds, z > 1) == [AROMATIC] * 6
+    assert (bonds[:, 2] == SINGLE).sum() == 6 and method == 0 and match == 1
+
+
+def test_acetylene_triple_and_co2_doubles(raw):
+    z, pos = _molecule(raw, _row(raw, "C#C"))  # QM9 index 4
+    assert _bond_types(qm9_bonds.perceive_bonds(z, pos, "C#C")[0], z > 1) == [TRIPLE]
+    z, pos = parse_xyz(CO2_XYZ)  # CO2 is not in QM9
+    assert _bond_types(qm9_bonds.perceive_bonds(z, pos)[0], z > 1) == [DOUBLE, DOUBLE]
+
+
+def test_hueckel_fallback_on_strained_cage(raw):
+    smiles = "CC12CC(C1)(O2)C=O"  # connect-the-dots over-bonds this cage
+    z, pos = _molecule(raw, _row(raw, smiles))
+    bonds, method, match = qm9_bonds.perceive_bonds(z, pos, smiles)
+    assert qm9_bonds.METHODS[method] == "determine_bonds_hueckel" and match == 1
+
+
+def test_last_fallback_is_covalent_single_bonds(raw, monkeypatch):
+    def fail(*args, **kwargs):
+        raise ValueError("forced failure")
+
+    monkeypatch.setattr(qm9_bonds.rdDetermineBonds, "DetermineBonds", fail)
+    z, pos = _molecule(raw, _row(raw, "C1=CC=CC=C1"))
+    bonds, method, _ = qm9_bonds.perceive_bonds(z, pos, "C1=CC=CC=C1")
+    assert qm9_bonds.METHODS[method] == "smiles_template"
+    assert _bond_types(bonds, z > 1) == [AROMATIC] * 6
+    bonds, method, match = qm9_bonds.perceive_bonds(z, pos, None)
+    assert qm9_bonds.METHODS[method] == "covalent_radius" and match == -1
+    assert len(bonds) == 12 and (bonds[:, 2] == SINGLE).all()
+
+
+# --- split -------------------------------------------------------------------------------------
+
+
+def test_split_full_index_list():
+    splits = split_indices(NUM_MOLECULES, seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 100_000, "val": 17_748, "test": 13_083}
+    everything = np.concatenate(list(splits.values()))
+    assert np.array_equal(np.sort(everything), np.arange(NUM_MOLECULES))  # disjoint and complete
+    again = split_indices(NUM_MOLECULES, seed=0)
+    assert all(np.array_equal(splits[k], again[k]) for k in SPLIT_SIZES)
+    assert not np.array_equal(splits["test"], split_indices(NUM_MOLECULES, seed=1)["test"])
+    # pins numpy's PCG64 stream: if this changes, published splits would silently change too
+    assert splits["train"][:3].tolist() == np.random.default_rng(0).permutation(NUM_MOLECULES)[:3].tolist()
+    with pytest.raises(ValueError, match="add up"):
+        split_indices(10, sizes={"train": 5, "val": 3, "test": 3})
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+
+def test_target_units_against_csv_row(dm):
+    item = next(d for d in dm.datasets["train"] if d.idx <= 44_746)  # lies in qm9_part1.csv
+    table = pd.read_csv(qm9pack_data_dir() / "qm9_part1.csv")
+    row = table[table["Index"] == item.idx].iloc[0]
+    assert item.name == row["XYZ_file"].removesuffix(".xyz")
+    elements = ast.literal_eval(row["Elements"])
+    atoms = sum(ATOM_REFERENCE_HARTREE["U0"]["HCNOF".index(e)] for e in elements)
+    expected = [
+        row["HOMO_au"] * 27_211.386,
+        (row["InternalEnergy_0K_au"] - atoms) * HARTREE_TO_MEV,
+        row["Heatcapacity_Cv_cal_mol_K"],
+    ]
+    np.testing.assert_allclose(item.y[0, :3].numpy(), expected, rtol=1e-6)
+    assert dm.target_names[:3] == ["homo", "U0_atom", "Cv"]
+    assert dm.target_units[:3] == ["meV", "meV", "cal_mol_K"]
+
+
+def test_polarizability_tensor_target(dm, raw):
+    y = dm.datasets["val"].y[:, 3:].reshape(-1, 3, 3)
+    assert y.shape[1:] == (3, 3) and torch.equal(y, y.transpose(1, 2))
+    rows = dm.datasets["val"].cache["row"].numpy()
+    alpha = torch.from_numpy(raw.props[rows, 1]).float()
+    torch.testing.assert_close(y.diagonal(dim1=1, dim2=2).mean(1), alpha, atol=0.01, rtol=0)
+    assert dm.target_units[3:] == ["bohr3"] * 9 and len(dm.target_names) == dm.num_targets == 12
+    assert (dm.target_mean[3:] == 0).all() and (dm.target_std[3:] == dm.target_std[3]).all()
+
+
+# --- datamodule and graphs ---------------------------------------------------------------------
+
+
+def test_datamodule_batches(dm):
+    assert {k: len(v) for k, v in dm.datasets.items()} == SUBSET
+    assert dm.num_atom_types == 5 and dm.num_bond_types == 4
+    batch = next(iter(dm.val_dataloader()))
+    n, e = batch.num_nodes, batch.edge_index.shape[1]
+    assert batch.pos.shape == (n, 3) and batch.pos.dtype == torch.float32
+    assert batch.x.shape == (n, 5) and torch.equal(batch.x.sum(1), torch.ones(n))
+    assert batch.edge_attr.shape == (e, 4) and batch.y.shape == (batch.num_graphs, 12)
+    assert e % 2 == 0 and set(map(tuple, batch.edge_index.T.tolist())) == set(
+        map(tuple, batch.edge_index.flip(0).T.tolist())
+    )
+    summary = dm.summary()
+    for method in qm9_bonds.METHODS:
+        assert f"bonds_by_{method}" in summary
+    mean = dm.datasets["train"].y.mean(0)
+    torch.testing.assert_close(dm.target_mean[:3], mean[:3])
+
+
+@pytest.mark.parametrize("graph", ["radius", "full"])
+def test_radius_and_full_graphs(graph):
+    pos = torch.tensor([[0.0, 0, 0], [1.2, 0, 0], [3.0, 0, 0], [9.0, 0, 0]])
+    bonds = torch.tensor([[0, 1, DOUBLE]])
+    edge_index, edge_attr = build_edges(pos, bonds, graph, radius=2.0)
+    pairs = {tuple(p): a.argmax().item() for p, a in zip(edge_index.T.tolist(), edge_attr, strict=True)}
+    assert edge_attr.shape[1] == num_bond_types(graph) == 5
+    assert pairs[(0, 1)] == pairs[(1, 0)] == DOUBLE and pairs[(1, 2)] == 4  # "no bond"
+    expected = 12 if graph == "full" else 4  # radius 2 Å: 0–1 and 1–2, both directions
+    assert len(pairs) == expected and all(i != j for i, j in pairs)
+
+
+def test_limit_and_bad_arguments(data_dir):
+    module = QM9DataModule(data_dir=str(data_dir), limit=8, subset={"train": 4}, progress=False)
+    assert module._split_rows()["train"].size == 4 and module._split_rows()["test"].size == 8
+    with pytest.raises(ValueError, match="unknown QM9 target"):
+        QM9DataModule(targets=["homo", "lumoo"])
+    with pytest.raises(ValueError, match="unknown graph"):
+        QM9DataModule(graph="knn")
+
+
+# --- cache -------------------------------------------------------------------------------------
+
+
+def test_cache_written_atomically_and_reused(dm, data_dir, monkeypatch):
+    files = sorted((data_dir / "qm9").iterdir())
+    assert len(files) == 1 and not files[0].name.startswith(".")  # no temp file left behind
+    rows = np.concatenate(list(dm._split_rows().values()))
+    key = qm9_cache.rows_key(rows, NUM_MOLECULES)
+    assert files[0] == qm9_cache.cache_path(data_dir, key)
+    assert qm9_cache.load_checked(files[0], key) is not None
+
+    def must_not_build():
+        raise AssertionError("cache was rebuilt")
+
+    again = qm9_cache.load_or_build(data_dir, rows, NUM_MOLECULES, must_not_build, progress=False)
+    assert again["name"] == dm.datasets["train"].cache["name"] + dm.datasets["val"].cache["name"] + dm.datasets[
+        "test"
+    ].cache["name"]
+    # a code change (version bump) invalidates it: new file name, and the old file's metadata is stale
+    monkeypatch.setattr(qm9_cache, "CACHE_VERSION", qm9_cache.CACHE_VERSION + 1)
+    assert qm9_cache.cache_path(data_dir, key) != files[0]
+    assert qm9_cache.load_checked(files[0], key) is None
+
+
+def test_interrupted_or_corrupt_cache_is_not_trusted(raw, tmp_path, monkeypatch):
+    rows = np.arange(5)
+    key = qm9_cache.rows_key(rows, NUM_MOLECULES)
+    path = qm9_cache.cache_path(tmp_path, key)
+    real_save = torch.save
+
+    def dying_save(obj, handle):
+        real_save(obj, handle)
+        handle.truncate(100)
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(qm9_cache.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        qm9_cache.load_or_build(tmp_path, rows, NUM_MOLECULES, lambda: raw, progress=False)
+    assert not path.exists() and list(path.parent.iterdir()) == []
+    monkeypatch.setattr(qm9_cache.torch, "save", real_save)
+    path.write_bytes(b"PK\x03\x04 truncated")  # a corrupt file under the final name is rebuilt
+    built = qm9_cache.load_or_build(tmp_path, rows, NUM_MOLECULES, lambda: raw, progress=False)
+    assert built["name"] == raw.name[:5].tolist() and qm9_cache.load_checked(path, key) is not None
+
+
+# --- molecule readers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("three\n\nC 0 0 0\n", 1, "atom count"),
+        ("0\n\n", 1, "at least 1"),
+        ("2\n\nC 0 0 0\n", 4, "file ends after 1 of 2"),
+        ("2\n\nC 0 0 0\nO 0 x 0\n", 4, "'x' is not a number"),
+        ("2\n\nC 0 0 0\nCl 0 0 1.7\n", 4, "unknown element 'Cl'"),
+        ("2\n\nC 0 0 0\nO 0 nan 1.2\n", 4, "not finite"),
+        ("2\n\nC 0 0 0\nO 0 0 inf\n", 4, "not finite"),
+        ("2\n\nC 0 0\nO 0 0 1.2\n", 3, "expected 'element x y z'"),
+    ],
+)
+def test_malformed_xyz_names_file_and_line(tmp_path, text, line, message):
+    path = tmp_path / "bad.xyz"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"bad.xyz:{line}: .*{message}"):
+        read_molecules(str(path))
+
+
+def test_read_xyz_directory_and_smiles(tmp_path):
+    folder = tmp_path / "mols"
+    folder.mkdir()
+    (folder / "co2.xyz").write_text(CO2_XYZ)
+    qm9_style = WATER_XYZ.replace("-0.4692\n", "-0.4692 0.3\n").replace("0.1173", "1.173*^-1")
+    (folder / "water.xyz").write_text(qm9_style + "1595.2 3657.1\nO\n")  # extra columns and lines
+    names, batch = molecules_to_batch(str(folder))
+    assert names == ["co2", "water"] and batch.num_graphs == 2 and batch.num_nodes == 6
+    assert batch.x.shape == (6, 5) and batch.edge_attr.shape == (8, 4)
+    assert math.isclose(batch.pos[3, 2].item(), 0.1173, rel_tol=1e-6)
+
+    smiles = tmp_path / "list.smi"
+    smiles.write_text("# name column optional\nc1ccccc1 benzene\n\nO=C=O\n")
+    molecules = read_molecules(str(smiles), graph="radius", radius=3.0)
+    assert [name for name, _ in molecules] == ["benzene", "O=C=O"]
+    benzene = molecules[0][1]
+    assert benzene.num_nodes == 12 and benzene.edge_attr.shape[1] == 5
+    heavy = (benzene.z > 1)[benzene.edge_index].all(0)
+    assert (benzene.edge_attr[heavy].argmax(1) == AROMATIC).sum() == 12  # 6 bonds, both directions
+    first = read_molecules("c1ccccc1")[0][1].pos
+    torch.testing.assert_close(first, read_molecules("c1ccccc1")[0][1].pos)  # fixed embedding seed
+
+    smiles.write_text("CCO\nC1CC\n")
+    with pytest.raises(ValueError, match="list.smi:2: cannot parse SMILES"):
+        read_molecules(str(smiles))
+    with pytest.raises(ValueError, match="not a file, a directory or a valid SMILES"):
+        read_molecules(str(tmp_path / "missing.xyz"))
