@@ -74,15 +74,29 @@ class NBodyDataset(Dataset):
                     edge_attr=charge[src] * charge[dst], y=self.y[idx])
 
 
-def baseline_mse(pos: torch.Tensor, vel: torch.Tensor, y: torch.Tensor, horizon: float) -> dict[str, float]:
-    """MSE (mean over particles and coordinates, as EGNN's) of two physics-free predictors.
+def fit_time_scale(pos: torch.Tensor, vel: torch.Tensor, y: torch.Tensor) -> float:
+    """Least-squares ``τ`` of ``y ≈ pos + τ · vel`` (EGNN's "Linear" baseline learns this one scalar).
 
-    ``no_motion``: ``ŷ = pos``; ``constant_velocity``: ``ŷ = pos + vel · horizon``.
+    Shapes: ``pos, vel, y (..., 3)``.
+    """
+    vel64 = vel.double()
+    return ((vel64 * (y.double() - pos.double())).sum() / (vel64**2).sum()).item()
+
+
+def baseline_mse(pos: torch.Tensor, vel: torch.Tensor, y: torch.Tensor, horizon: float,
+                 time_scale: float | None = None) -> dict[str, float]:
+    """MSE (mean over particles and coordinates, as EGNN's) of physics-free predictors.
+
+    ``no_motion``: ``ŷ = pos``; ``constant_velocity``: ``ŷ = pos + vel · horizon``; and, if
+    ``time_scale`` τ is given (see :func:`fit_time_scale`), ``linear``: ``ŷ = pos + vel · τ``.
 
     Shapes: ``pos, vel, y (..., 3)``; ``horizon`` is the time between input and target frames.
     """
-    return {"no_motion": torch.mean((pos - y) ** 2).item(),
-            "constant_velocity": torch.mean((pos + vel * horizon - y) ** 2).item()}
+    out = {"no_motion": torch.mean((pos - y) ** 2).item(),
+           "constant_velocity": torch.mean((pos + vel * horizon - y) ** 2).item()}
+    if time_scale is not None:
+        out["linear"] = torch.mean((pos + vel * time_scale - y) ** 2).item()
+    return out
 
 
 class NBodyDataModule(pl.LightningDataModule):
@@ -155,10 +169,17 @@ class NBodyDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def baselines(self, split: str = "test") -> dict[str, float]:
-        """:func:`baseline_mse` on a whole split (calls :meth:`setup` if needed)."""
+        """:func:`baseline_mse` on a whole split, ``linear`` with τ fitted on the training split.
+
+        Returns ``{"no_motion", "constant_velocity", "linear", "linear_time_scale"}`` (MSEs and τ).
+        """
         self.setup()
-        ds = self.datasets[split]
-        return baseline_mse(ds.pos, ds.vel, ds.y, self.horizon)
+        train, ds = self.datasets["train"], self.datasets[split]
+        tau = fit_time_scale(train.pos, train.vel, train.y) if len(train) else None
+        out = baseline_mse(ds.pos, ds.vel, ds.y, self.horizon, time_scale=tau)
+        if tau is not None:
+            out["linear_time_scale"] = tau
+        return out
 
 
 def _parse_value(text: str, kind: type | None):
@@ -193,8 +214,8 @@ def main(argv: list[str]) -> None:
         print(f"{split}: {dm._path(split)}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     base = dm.baselines("test") if dm.sizes["test"] else {}
-    for name, mse in base.items():
-        print(f"test MSE {name} (horizon {dm.horizon:g}): {mse:.6f}")
+    for name, value in base.items():
+        print(f"test {'' if name.endswith('scale') else 'MSE '}{name} (horizon {dm.horizon:g}): {value:.6f}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from steerable.data import nbody_io
-from steerable.data.nbody import NBodyDataModule, NBodyDataset, baseline_mse, fully_connected_edges
+from steerable.data.nbody import (
+    NBodyDataModule,
+    NBodyDataset,
+    baseline_mse,
+    fit_time_scale,
+    fully_connected_edges,
+)
 from steerable.data.nbody import main as nbody_main
 from steerable.data.nbody_io import ensure_split, generate_split, load_split, split_params, split_path
 from steerable.data.nbody_sim import SimConfig, energy, forces, initial_state, simulate, verlet
@@ -229,7 +235,8 @@ def test_datamodule_items_and_batches(tmp_path):
     assert batch.num_graphs == 4 and batch.pos.shape == (20, 3) and batch.edge_index.shape == (2, 80)
     assert len(dm.val_dataloader().dataset) == 4 and len(dm.test_dataloader().dataset) == 4
     base = dm.baselines("test")
-    assert 0 < base["constant_velocity"] < base["no_motion"]
+    assert 0 < base["constant_velocity"] < base["no_motion"] and base["linear"] < base["no_motion"]
+    assert set(base) == {"no_motion", "constant_velocity", "linear", "linear_time_scale"}
 
 
 def test_bad_frames_rejected(tmp_path):
@@ -244,8 +251,11 @@ def test_bad_frames_rejected(tmp_path):
 
 def test_baseline_mse_exact_for_free_particles():
     pos, vel = torch.randn(10, 5, 3), torch.randn(10, 5, 3)
-    base = baseline_mse(pos, vel, pos + 2.0 * vel, horizon=2.0)
-    assert base["constant_velocity"] < 1e-10
+    y = pos + 2.0 * vel
+    tau = fit_time_scale(pos, vel, y)
+    assert tau == pytest.approx(2.0)
+    base = baseline_mse(pos, vel, y, horizon=2.0, time_scale=tau)
+    assert base["constant_velocity"] < 1e-10 and base["linear"] < 1e-10
     assert base["no_motion"] == pytest.approx(torch.mean((2.0 * vel) ** 2).item())
 
 
