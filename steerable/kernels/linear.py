@@ -36,11 +36,18 @@ class EquivariantLinear(nn.Module):
         """Expanded ``W: (out.size, in.size)`` and ``b: (out.size,)`` or ``None``."""
         if self.training:
             self._cache = None
-            return self.linear.expand_parameters()
+            return self._expand()
         if self._cache is None:
             with torch.no_grad():
-                self._cache = self.linear.expand_parameters()
+                self._cache = self._expand()
         return self._cache
+
+    def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # escnn shares sampled bases between layers with equal representations, so the basis dtype can
+        # differ from this layer's (e.g. another model was cast to float64): follow the parameters.
+        weight, bias = self.linear.expand_parameters()
+        dtype = self.linear.weights.dtype
+        return weight.to(dtype), None if bias is None else bias.to(dtype)
 
     def train(self, mode: bool = True):
         # Deliberately not recursing: escnn's Linear registers extra buffers in eval mode, which would

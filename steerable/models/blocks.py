@@ -1,0 +1,95 @@
+"""Building blocks shared by the experiment networks: conv factory, steerable blocks, invariant map.
+
+Everything here works on plain ``(N, type.size)`` tensors whose FieldType is stated; positions enter
+only through relative vectors inside the convolutions (translation invariance).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from escnn.nn import FieldType
+from torch import nn
+
+from steerable.groups import GroupSpec
+from steerable.nn.analytic import AnalyticPointConv
+from steerable.nn.field_ops import FieldBatchNorm, FieldLayout, build_nonlinearity
+from steerable.nn.point_conv import ImplicitPointConv
+
+KERNELS = ("implicit", "analytic")
+
+
+def build_point_conv(kernel: str, group: GroupSpec, in_type: FieldType, out_type: FieldType,
+                     conv_kwargs: dict[str, Any], edge_attr_type=None, node_attr_type=None) -> nn.Module:
+    """An implicit or analytic point convolution with one signature.
+
+    ``conv_kwargs`` holds the options of both (``implicit``: kernel-MLP options, path, aggr;
+    ``analytic``: width, n_rings); each layer takes what it understands.
+
+    Raises:
+        ValueError: unknown ``kernel`` (lists the valid ones) or attributes with ``analytic``.
+    """
+    kwargs = dict(conv_kwargs)
+    analytic_keys = {"width": kwargs.pop("width", 2.0), "n_rings": kwargs.pop("n_rings", 3)}
+    if kernel == "implicit":
+        return ImplicitPointConv(group, in_type, out_type, edge_attr_type=edge_attr_type,
+                                 node_attr_type=node_attr_type, **kwargs)
+    if kernel == "analytic":
+        return AnalyticPointConv(group, in_type, out_type, edge_attr_type=edge_attr_type,
+                                 node_attr_type=node_attr_type, **analytic_keys)
+    raise ValueError(f"unknown model.kernel {kernel!r}; valid: {', '.join(KERNELS)}")
+
+
+class SteerableBlock(nn.Module):
+    """``conv → equivariant batch norm → gated nonlinearity`` (+ identity residual when types match).
+
+    The conv outputs ``out_type ⊕ k×trivial`` (k gates, one per non-trivial field of out_type).
+
+    Types: ``in_type → out_type``. Shapes: ``x: (N_src, in.size) → (N_dst, out.size)``; the other
+    arguments are those of :class:`steerable.nn.ImplicitPointConv`.
+    """
+
+    def __init__(self, kernel: str, group: GroupSpec, in_type: FieldType, out_type: FieldType,
+                 conv_kwargs: dict[str, Any], edge_attr_type=None, node_attr_type=None,
+                 residual: bool = True, nonlinearity: str = "gated"):
+        super().__init__()
+        self.nonlinearity = build_nonlinearity(nonlinearity, out_type)
+        gspace = out_type.gspace
+        conv_out = gspace.type(*out_type.representations, *[gspace.trivial_repr] * self.nonlinearity.num_gates)
+        self.conv = build_point_conv(kernel, group, in_type, conv_out, conv_kwargs, edge_attr_type, node_attr_type)
+        self.norm = FieldBatchNorm(conv_out)
+        self.residual = residual and in_type == out_type
+
+    def forward(self, x, pos, edge_index, edge_attr=None, node_attr=None) -> torch.Tensor:
+        out = self.nonlinearity(self.norm(self.conv(x, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr)))
+        return out + x if self.residual else out
+
+
+class InvariantMap(nn.Module):
+    """Exactly invariant features: trivial channels as they are, plus the norm of every other field.
+
+    Types: ``field_type → (n_trivial_channels + n_nontrivial_fields) × trivial``.
+    Shapes: ``(N, field_type.size) → (N, out_size)``.
+    """
+
+    def __init__(self, field_type: FieldType):
+        super().__init__()
+        self.layout = FieldLayout(field_type)
+        self.register_buffer("trivial_index", self.layout.trivial_channel.nonzero().squeeze(1), persistent=False)
+        self.register_buffer("nontrivial_fields", (~self.layout.trivial_field).nonzero().squeeze(1), persistent=False)
+        self.out_size = len(self.trivial_index) + len(self.nontrivial_fields)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norms = torch.sqrt(self.layout.field_sq_norms(x)[:, self.nontrivial_fields] + 1e-12)
+        return torch.cat([x[:, self.trivial_index], norms], dim=-1)
+
+
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequential:
+    """Plain MLP ``sizes[0] → … → sizes[-1]`` (for invariant heads only)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)

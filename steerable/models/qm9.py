@@ -1,0 +1,100 @@
+"""The paper's QM9 network (Zhdanov et al. 2023, §5.2): residual implicit point-conv blocks on molecules.
+
+atom one-hot → linear embedding (trivial fields) → first conv to ``feature type`` → ``num_blocks``
+residual blocks of two steerable blocks each → invariant map → global mean pool → MLP head.
+With ``output="polarizability_tensor"`` the pooled equivariant features are mapped to a 3×3 tensor
+(type std⊗std, symmetrised) instead: an equivariant target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch_geometric.utils import scatter
+
+from steerable.groups import build_group
+from steerable.kernels.implicit import band_limited_spec
+from steerable.kernels.linear import EquivariantLinear
+from steerable.models.blocks import InvariantMap, SteerableBlock, mlp
+
+
+def natural_parity_spec(channels: int, band_limit: int, dim: int = 3) -> str:
+    """``channels × (0e ⊕ 1o ⊕ 2e ⊕ …)`` up to ``band_limit`` (parity (−1)^l, like spherical harmonics)."""
+    if dim == 2:
+        return band_limited_spec(channels, band_limit, dim=2).replace(f"+{channels}x0o", "")
+    return "+".join(f"{channels}x{l}{'eo'[l % 2]}" for l in range(band_limit + 1))
+
+
+class QM9Model(nn.Module):
+    """Implicit-kernel steerable network for molecular property prediction.
+
+    Args:
+        group: group config (``name``, optional ``N``, ``maximum_frequency``), see ``conf/group``.
+        num_targets: T, the number of scalar targets.
+        num_atom_types: size of the atom one-hot ``x``.
+        num_bond_types: size of the bond one-hot ``edge_attr``.
+        kernel: ``implicit`` or ``analytic``.
+        num_features, band_limit: feature type ``num_features × (0e ⊕ 1o ⊕ …)``; ``feature_spec`` overrides.
+        num_blocks: residual blocks (two steerable blocks each).
+        edge_attrs: feed bond types to the kernel MLP; node_attrs: feed source/target atom types.
+        conv: options of the convolutions (kernel MLP channels/layers, radial window, path, aggr, ...).
+        head_hidden: width of the invariant MLP head.
+        output: ``scalars`` (``(B, T)``) or ``polarizability_tensor`` (``(B, 9)``, row-major 3×3).
+
+    Batch fields: ``x (N, num_atom_types)``, ``pos (N, 3)``, ``edge_index (2, E)``,
+    ``edge_attr (E, num_bond_types)``, ``batch (N,)``.
+    """
+
+    vector_inputs: tuple[str, ...] = ()
+
+    def __init__(self, group: dict, num_targets: int = 1, num_atom_types: int = 5, num_bond_types: int = 4,
+                 kernel: str = "implicit", num_features: int = 8, band_limit: int = 1,
+                 feature_spec: str | None = None, num_blocks: int = 4, edge_attrs: bool = False,
+                 node_attrs: bool = False, conv: dict[str, Any] | None = None, head_hidden: int = 64,
+                 output: str = "scalars"):
+        super().__init__()
+        if output not in ("scalars", "polarizability_tensor"):
+            raise ValueError(f"unknown output {output!r}; valid: scalars, polarizability_tensor")
+        self.group = build_group(**group)
+        g, conv = self.group, dict(conv or {})
+        self.edge_attrs, self.node_attrs, self.output = edge_attrs, node_attrs, output
+        edge_t = f"{num_bond_types}x0e" if edge_attrs else None
+        node_t = f"{num_atom_types}x0e" if node_attrs else None
+        self.embed = nn.Linear(num_atom_types, num_features)
+        embed_type = g.field_type(f"{num_features}x0e")
+        feat_type = g.field_type(feature_spec or natural_parity_spec(num_features, band_limit, g.dim))
+        block_args = dict(kernel=kernel, group=g, conv_kwargs=conv, edge_attr_type=edge_t, node_attr_type=node_t)
+        self.first = SteerableBlock(in_type=embed_type, out_type=feat_type, **block_args)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([SteerableBlock(in_type=feat_type, out_type=feat_type, residual=False, **block_args)
+                           for _ in range(2)]) for _ in range(num_blocks))
+        if output == "scalars":
+            self.invariant = InvariantMap(feat_type)
+            self.head = mlp([self.invariant.out_size, head_hidden, head_hidden, num_targets])
+            self.output_type = g.gspace.type(*[g.gspace.trivial_repr] * num_targets)
+        else:
+            tensor_rep = g.tensor(g.std_rep, g.std_rep)
+            self.readout = EquivariantLinear(g.field_type(feat_type, on="fiber"), g.fiber.type(tensor_rep))
+            self.output_type = g.gspace.type(tensor_rep)
+
+    def forward(self, batch) -> torch.Tensor:
+        """``batch → (B, T)`` scalars or ``(B, 9)`` symmetric tensors (invariant / equivariant)."""
+        pos, edge_index = batch.pos, batch.edge_index
+        edge_attr = batch.edge_attr if self.edge_attrs else None
+        node_attr = batch.x if self.node_attrs else None
+        h = self.embed(batch.x)
+        h = self.first(h, pos, edge_index, edge_attr, node_attr)
+        for pair in self.blocks:
+            update = h
+            for block in pair:
+                update = block(update, pos, edge_index, edge_attr, node_attr)
+            h = h + update
+        index = getattr(batch, "batch", None)
+        if index is None:
+            index = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
+        if self.output == "scalars":
+            return self.head(scatter(self.invariant(h), index, dim=0, reduce="mean"))
+        matrix = self.readout(scatter(h, index, dim=0, reduce="mean")).view(-1, 3, 3)
+        return (0.5 * (matrix + matrix.transpose(1, 2))).reshape(-1, 9)
