@@ -140,6 +140,7 @@ class ModelNet40DataModule(pl.LightningDataModule):
         off_sampling: ``uniform`` (area-weighted) or ``fps`` (area-weighted 4x, then FPS).
         sample_seed: seed of OFF surface sampling and of the fixed evaluation subsets/rotations.
         cache_dir: where processed OFF/text clouds are cached (default: no cache).
+        processes: worker processes for OFF surface sampling when a cache is built (default 1).
         pin_memory: passed to the DataLoaders (default False).
 
     Attributes:
@@ -154,7 +155,8 @@ class ModelNet40DataModule(pl.LightningDataModule):
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
                  val_fraction: float = 0.1, split_seed: int = 0, limit: int | None = None,
                  points_per_shape: int = 2048, off_sampling: Literal["uniform", "fps"] = "uniform",
-                 sample_seed: int = 0, cache_dir: str | None = None, pin_memory: bool = False):
+                 sample_seed: int = 0, cache_dir: str | None = None, processes: int = 1,
+                 pin_memory: bool = False):
         super().__init__()
         for name, kind in (("train_rotation", train_rotation), ("test_rotation", test_rotation)):
             if kind not in ROTATION_KINDS:
@@ -170,7 +172,7 @@ class ModelNet40DataModule(pl.LightningDataModule):
         self.val_fraction, self.split_seed, self.limit = val_fraction, split_seed, limit
         self.points_per_shape, self.off_sampling = points_per_shape, off_sampling
         self.sample_seed = sample_seed
-        self.cache_dir = cache_dir
+        self.cache_dir, self.processes = cache_dir, processes
         self.class_names: tuple[str, ...] = CLASS_NAMES
         self.num_classes = len(CLASS_NAMES)
         self.datasets: dict[str, ModelNet40] = {}
@@ -179,11 +181,11 @@ class ModelNet40DataModule(pl.LightningDataModule):
 
     def _load(self, split: str) -> CloudSet:
         return load_split(self.root, split, self.format_arg, self.use_normals, self.points_per_shape,
-                          self.off_sampling, self.sample_seed, self.cache_dir)
+                          self.off_sampling, self.sample_seed, self.cache_dir, self.processes)
 
     def prepare_data(self) -> None:
         """Build the OFF/text caches once (no-op for HDF5 or without ``cache_dir``)."""
-        if self.cache_dir is not None:
+        if self.cache_dir is not None and find_layout(self.root, self.format_arg)[0] != "hdf5":
             for split in ("train", "test"):
                 self._load(split)
 

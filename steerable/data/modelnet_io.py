@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import tempfile
 import zlib
@@ -41,6 +42,7 @@ __all__ = ["CLASS_NAMES", "CloudSet", "find_layout", "load_split", "read_hdf5", 
            "read_off_dir", "sample_off"]
 
 CACHE_VERSION = 1
+OFF_SAMPLINGS = ("uniform", "fps")
 
 
 def _shape_ids(h5_file: Path, rows: int) -> list[str]:
@@ -130,23 +132,46 @@ def sample_off(path: Path, n: int, sampling: str, seed: int, oversample: int = 4
     """
     from steerable.nn.graph import farthest_point_sampling
 
+    if sampling not in OFF_SAMPLINGS:
+        raise ValueError(f"unknown OFF sampling {sampling!r}; valid: {', '.join(OFF_SAMPLINGS)}")
     verts, faces = read_off(path)
     rng = np.random.default_rng(_shape_seed(seed, path.stem))
-    if sampling == "uniform":
-        points, normals, _ = sample_surface(verts, faces, n, rng)
-    elif sampling == "fps":
-        points, normals, _ = sample_surface(verts, faces, oversample * n, rng)
+    try:
+        points, normals, _ = sample_surface(verts, faces, n if sampling == "uniform" else oversample * n, rng)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if sampling == "fps":
         keep = farthest_point_sampling(torch.from_numpy(points), n=n).numpy()
         points, normals = points[keep], normals[keep]
-    else:
-        raise ValueError(f"unknown OFF sampling {sampling!r}; valid: uniform, fps")
     return points.astype(np.float32), normals.astype(np.float32)
+
+
+def _sample_one(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    torch.set_num_threads(1)
+    return sample_off(*args)
+
+
+def _sample_all(files: list[Path], n: int, sampling: str, seed: int, processes: int) -> list:
+    """:func:`sample_off` over ``files``, in ``processes`` worker processes when > 1."""
+    jobs = [(f, n, sampling, seed) for f in files]
+    if processes <= 1 or len(jobs) < 2:
+        return [sample_off(*job) for job in jobs]
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ctx.Pool(processes) as pool:
+        return pool.map(_sample_one, jobs, chunksize=max(1, len(jobs) // (8 * processes)))
 
 
 def read_off_dir(directory: Path, split: str, points_per_shape: int = 2048,
                  sampling: str = "uniform", seed: int = 0, cache_dir: Path | None = None,
-                 ) -> CloudSet:
-    """Sample every mesh of ``<class>/<split>/*.off`` under ``directory`` (cached in ``cache_dir``)."""
+                 processes: int = 1) -> CloudSet:
+    """Sample every mesh of ``<class>/<split>/*.off`` under ``directory`` (cached in ``cache_dir``).
+
+    Surface samples are a deterministic function of ``(seed, shape id)``; ``processes > 1``
+    samples meshes in parallel (same result).
+    """
+    if sampling not in OFF_SAMPLINGS:
+        raise ValueError(f"unknown OFF sampling {sampling!r}; valid: {', '.join(OFF_SAMPLINGS)}")
     unknown = sorted(p.name for p in directory.iterdir()
                      if p.is_dir() and (p / split).is_dir() and p.name not in CLASS_NAMES)
     if unknown:
@@ -158,7 +183,7 @@ def read_off_dir(directory: Path, split: str, points_per_shape: int = 2048,
     name = f"off_{split}_{points_per_shape}_{sampling}_s{seed}_v{CACHE_VERSION}_{key['files']}.pt"
 
     def build() -> dict:
-        clouds = [sample_off(f, points_per_shape, sampling, seed) for f in files]
+        clouds = _sample_all(files, points_per_shape, sampling, seed, processes)
         return {"points": torch.from_numpy(np.stack([c[0] for c in clouds])) if clouds
                 else torch.zeros(0, points_per_shape, 3),
                 "normals": torch.from_numpy(np.stack([c[1] for c in clouds])) if clouds
@@ -218,12 +243,12 @@ def read_normal_resampled(directory: Path, split: str, points_per_shape: int | N
 
 def load_split(root: str | Path, split: str, format: str = "auto", use_normals: bool = False,
                points_per_shape: int = 2048, off_sampling: str = "uniform", seed: int = 0,
-               cache_dir: str | Path | None = None) -> CloudSet:
+               cache_dir: str | Path | None = None, processes: int = 1) -> CloudSet:
     """Detect the layout under ``root`` and read ``split`` (``train`` or ``test``).
 
     ``points_per_shape`` applies to the sampled/text formats (HDF5 keeps what the file has);
     ``seed`` fixes the OFF surface samples; ``cache_dir`` (``None``: no cache) stores processed
-    OFF/text clouds.
+    OFF/text clouds; ``processes`` parallelises OFF sampling.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
@@ -232,7 +257,7 @@ def load_split(root: str | Path, split: str, format: str = "auto", use_normals: 
     if fmt == "hdf5":
         clouds = read_hdf5(directory, split, use_normals)
     elif fmt == "off":
-        clouds = read_off_dir(directory, split, points_per_shape, off_sampling, seed, cache)
+        clouds = read_off_dir(directory, split, points_per_shape, off_sampling, seed, cache, processes)
     else:
         clouds = read_normal_resampled(directory, split, points_per_shape, cache)
     if not use_normals:

@@ -246,6 +246,10 @@ def fully_connected_graph(batch: Tensor, loop: bool = False) -> Tensor:
     return torch.stack([source, target])
 
 
+def _device_of(generator: torch.Generator | None) -> torch.device | None:
+    return generator.device if generator is not None else None
+
+
 def _sample_sizes(count: Tensor, ratio: float | None, n: int | None) -> Tensor:
     if (ratio is None) == (n is None):
         raise ValueError("give exactly one of ratio or n")
@@ -286,7 +290,7 @@ def farthest_point_sampling(pos: Tensor, batch: Tensor | None = None, ratio: flo
     num_graphs, steps = blocks.count.numel(), int(sizes.max())
     graphs = torch.arange(num_graphs, device=pos.device)
     if random_start:
-        rand = torch.rand(num_graphs, generator=generator, device=generator.device if generator else None)
+        rand = torch.rand(num_graphs, generator=generator, device=_device_of(generator))
         current = (rand.to(pos.device) * blocks.count).long().clamp(max=blocks.max - 1)
     else:
         current = torch.zeros(num_graphs, dtype=torch.long, device=pos.device)
@@ -313,8 +317,7 @@ def random_sampling(pos: Tensor, batch: Tensor | None = None, ratio: float | Non
     batch = _check_batch(batch, pos.shape[0], pos.device, "batch")
     count = torch.bincount(batch)
     sizes = _sample_sizes(count, ratio, n)
-    key = torch.rand(pos.shape[0], generator=generator,
-                     device=generator.device if generator else None).to(pos.device)
+    key = torch.rand(pos.shape[0], generator=generator, device=_device_of(generator)).to(pos.device)
     order = torch.argsort(key)
     order = order[torch.argsort(batch[order], stable=True)]
     ptr = torch.cumsum(count, 0) - count

@@ -175,6 +175,8 @@ def test_off_layout_labels_match_hdf5_and_cache_is_atomic(tmp_path, hdf5_test, m
     again = load_split(OFF_DIR.parent, "train", format="off", points_per_shape=1024, cache_dir=cache)
     assert torch.equal(again.points, train.points)
     monkeypatch.undo()
+    parallel = load_split(OFF_DIR.parent, "train", format="off", points_per_shape=1024, processes=2)
+    assert torch.equal(parallel.points, train.points)  # deterministic per shape, not per order
     # a failed write leaves neither a partial cache file nor a temp file
     def disk_full(*args, **kwargs):
         raise OSError("disk full")
