@@ -8,8 +8,8 @@ is the state after ``100 (k + 1)`` steps, so the two differ by a 100-step shift 
 
 Each item is a fully connected graph without self loops:
 
-- ``pos (N, 3)``, ``vel (N, 3)``: positions and velocities at ``frame_in`` (vectors, ℓ = 1; ``vel`` is
-  parity-odd under reflection of time, but a polar vector under O(3)),
+- ``pos (N, 3)``, ``vel (N, 3)``: positions and velocities at ``frame_in``; both are polar vectors
+  (ℓ = 1, odd parity, e3nn ``1o``: they transform with the standard representation of O(3)),
 - ``charge (N, 1)``: charges ±1 (invariant),
 - ``edge_index (2, N (N - 1))``: all ordered pairs ``i ≠ j`` (both directions),
 - ``edge_attr (N (N - 1), 1)``: ``c_i c_j`` of the two end points (invariant),
@@ -141,18 +141,19 @@ class NBodyDataModule(pl.LightningDataModule):
         """Time between the input and the target frame."""
         return (self.frame_out - self.frame_in) * self.sim.frame_dt
 
-    def _path(self, split: str) -> Path:
+    def split_file(self, split: str) -> Path:
+        """The cache file of ``split`` (generated first if missing)."""
         return ensure_split(self.data_dir, self.sim, split, self.sizes[split], self.seed, self.progress)
 
     def prepare_data(self) -> None:
         for split in SPLITS:
-            self._path(split)
+            self.split_file(split)
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             if split not in self.datasets:
                 params = split_params(self.sim, split, self.sizes[split], self.seed)
-                arrays = {k: v[: self.limit] for k, v in load_split(self._path(split), params).items()}
+                arrays = {k: v[: self.limit] for k, v in load_split(self.split_file(split), params).items()}
                 self.datasets[split] = NBodyDataset(arrays, self.frame_in, self.frame_out)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -211,7 +212,7 @@ def main(argv: list[str]) -> None:
     dm = NBodyDataModule(data_dir=args.pop("out"), progress=bool(args.pop("progress", 1)), **args)
     dm.prepare_data()
     for split in SPLITS:
-        print(f"{split}: {dm._path(split)}")
+        print(f"{split}: {dm.split_file(split)}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     base = dm.baselines("test") if dm.sizes["test"] else {}
     for name, value in base.items():

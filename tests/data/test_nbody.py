@@ -228,7 +228,7 @@ def test_datamodule_items_and_batches(tmp_path):
                       "edge_attr": (20, 1), "y": (5, 3)}
     src, dst = item.edge_index
     torch.testing.assert_close(item.edge_attr, item.charge[src] * item.charge[dst])
-    raw = load_split(dm._path("train"))
+    raw = load_split(dm.split_file("train"))
     torch.testing.assert_close(item.pos, torch.from_numpy(raw["pos"][0, 5]))
     torch.testing.assert_close(item.y, torch.from_numpy(raw["pos"][0, 15]))
     batch = next(iter(dm.train_dataloader()))
