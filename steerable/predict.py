@@ -1,0 +1,53 @@
+"""Predict QM9 properties of new molecules: ``python -m steerable.predict ckpt_path=… input=…``.
+
+``input`` is an ``.xyz`` file, a directory of them, or a text file with one SMILES per line; the
+QM9 data module turns it into a batch (``steerable.data.qm9.molecules_to_batch``) exactly as in
+training. Predictions are printed in reporting units, one molecule per line.
+"""
+
+from __future__ import annotations
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from steerable.checkpoint import load_checkpoint
+from steerable.config_checks import ConfigError
+from steerable.tasks import RegressionTask
+from steerable.train import exit_with_error, run_cli
+
+
+def predict(cfg: DictConfig) -> list[tuple[str, dict[str, float]]]:
+    """Predictions ``[(molecule name, {"homo_meV": value, ...}), ...]`` for ``cfg.input``."""
+    task, run_cfg = load_checkpoint(cfg.ckpt_path)
+    if not isinstance(task, RegressionTask):
+        raise ConfigError(f"predict needs a regression (QM9) checkpoint, got {type(task).__name__}")
+    try:
+        from steerable.data.qm9 import molecules_to_batch
+    except ImportError as err:
+        raise ConfigError(f"steerable.data.qm9.molecules_to_batch is not available ({err})") from None
+    names, batch = molecules_to_batch(str(cfg.input), OmegaConf.to_container(run_cfg.dataset, resolve=True))
+    with torch.no_grad():
+        values = task(batch)  # (B, T) in reporting units
+    keys = [f"{n}_{u}" for n, u in zip(task.target_names, task.target_units, strict=True)]
+    rows = zip(names, values.tolist(), strict=True)
+    return [(name, dict(zip(keys, row, strict=True))) for name, row in rows]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        rows = predict(cfg)
+    except (ConfigError, OmegaConfBaseException) as err:
+        exit_with_error(err)
+    for name, values in rows:
+        print(name, " ".join(f"{key}={value:.6g}" for key, value in values.items()))
+
+
+def main() -> None:
+    run_cli(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

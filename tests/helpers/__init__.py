@@ -1,0 +1,1 @@
+"""Test helpers: a real local SLURM cluster, fallback configs for composing before real ones exist."""
