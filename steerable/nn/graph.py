@@ -75,8 +75,9 @@ def _distance_blocks(src: _Blocks, dst: _Blocks, exclude_self: bool, chunk_eleme
             r1 = min(dst.max, r0 + rows)
             dist = torch.cdist(dst.pos[g0:g1, r0:r1], src.pos[g0:g1],
                                compute_mode="donot_use_mm_for_euclid_dist")
-            invalid = ~src.valid[g0:g1, None, :] | ~dst.valid[g0:g1, r0:r1, None]
-            dist = dist.masked_fill(invalid, math.inf)
+            src_ok, dst_ok = src.valid[g0:g1], dst.valid[g0:g1, r0:r1]
+            if not (bool(src_ok.all()) and bool(dst_ok.all())):  # padding present in this block
+                dist = dist.masked_fill(~src_ok[:, None, :] | ~dst_ok[:, :, None], math.inf)
             if exclude_self:
                 r = torch.arange(r0, r1, device=dist.device)
                 keep = r < ms
@@ -87,10 +88,12 @@ def _distance_blocks(src: _Blocks, dst: _Blocks, exclude_self: bool, chunk_eleme
 def _smallest_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``k`` smallest entries along the last dim, sorted by (value, index) deterministically."""
     k = min(k, dist.shape[-1])
-    vals, idx = dist.topk(k, dim=-1, largest=False, sorted=True)
-    # topk may break ties arbitrarily: rows with ties at the k-th value use a stable full sort.
-    ambiguous = (dist <= vals[..., -1:]).sum(-1) > k
-    if ambiguous.any():
+    extra = min(k + 1, dist.shape[-1])  # one more, to see ties at the boundary
+    vals, idx = dist.topk(extra, dim=-1, largest=False, sorted=True)
+    # topk may break ties arbitrarily: rows with a tie across the k-th value use a stable sort.
+    ambiguous = vals[..., k - 1] == vals[..., extra - 1] if extra > k else None
+    vals, idx = vals[..., :k], idx[..., :k]
+    if ambiguous is not None and ambiguous.any():
         v2, i2 = dist[ambiguous].sort(dim=-1, stable=True)
         vals[ambiguous], idx[ambiguous] = v2[..., :k], i2[..., :k]
     idx, order = idx.sort(dim=-1)
