@@ -29,25 +29,20 @@ class EquivariantLinear(nn.Module):
         if in_type.gspace != out_type.gspace:
             raise ValueError(f"in_type {in_type} and out_type {out_type} live on different gspaces")
         self.in_type, self.out_type = in_type, out_type
-        self.linear = enn.Linear(in_type, out_type, bias=bias)
+        # recompute=True: escnn otherwise shares sampled bases between layers, so casting one model
+        # (e.g. to float64) would silently change the dtype of every other model's layers.
+        self.linear = enn.Linear(in_type, out_type, bias=bias, recompute=True)
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Expanded ``W: (out.size, in.size)`` and ``b: (out.size,)`` or ``None``."""
         if self.training:
             self._cache = None
-            return self._expand()
+            return self.linear.expand_parameters()
         if self._cache is None:
             with torch.no_grad():
-                self._cache = self._expand()
+                self._cache = self.linear.expand_parameters()
         return self._cache
-
-    def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # escnn shares sampled bases between layers with equal representations, so the basis dtype can
-        # differ from this layer's (e.g. another model was cast to float64): follow the parameters.
-        weight, bias = self.linear.expand_parameters()
-        dtype = self.linear.weights.dtype
-        return weight.to(dtype), None if bias is None else bias.to(dtype)
 
     def train(self, mode: bool = True):
         # Deliberately not recursing: escnn's Linear registers extra buffers in eval mode, which would

@@ -93,3 +93,15 @@ def mlp(sizes: list[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequentia
         if i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
+
+
+def add_self_loops(edge_index: torch.Tensor, num_nodes: int, edge_attr: torch.Tensor | None = None):
+    """Append i → i edges (zero relative position: the kernel there is an equivariant self-interaction).
+
+    Shapes: ``edge_index (2, E) → (2, E + N)``; ``edge_attr (E, A) → (E + N, A)`` padded with zeros.
+    """
+    loops = torch.arange(num_nodes, device=edge_index.device).expand(2, num_nodes)
+    edge_index = torch.cat([edge_index, loops], dim=1)
+    if edge_attr is not None:
+        edge_attr = torch.cat([edge_attr, edge_attr.new_zeros(num_nodes, edge_attr.shape[1])], dim=0)
+    return edge_index, edge_attr

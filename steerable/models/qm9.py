@@ -17,7 +17,7 @@ from torch_geometric.utils import scatter
 from steerable.groups import build_group
 from steerable.kernels.implicit import band_limited_spec
 from steerable.kernels.linear import EquivariantLinear
-from steerable.models.blocks import InvariantMap, SteerableBlock, mlp
+from steerable.models.blocks import InvariantMap, SteerableBlock, add_self_loops, mlp
 
 
 def natural_parity_spec(channels: int, band_limit: int, dim: int = 3) -> str:
@@ -42,6 +42,7 @@ class QM9Model(nn.Module):
         conv: options of the convolutions (kernel MLP channels/layers, radial window, path, aggr, ...).
         head_hidden: width of the invariant MLP head.
         output: ``scalars`` (``(B, T)``) or ``polarizability_tensor`` (``(B, 9)``, row-major 3×3).
+        self_loops: add i → i edges so every atom also sees its own features (self-interaction).
 
     Batch fields: ``x (N, num_atom_types)``, ``pos (N, 3)``, ``edge_index (2, E)``,
     ``edge_attr (E, num_bond_types)``, ``batch (N,)``.
@@ -53,13 +54,13 @@ class QM9Model(nn.Module):
                  kernel: str = "implicit", num_features: int = 8, band_limit: int = 1,
                  feature_spec: str | None = None, num_blocks: int = 4, edge_attrs: bool = False,
                  node_attrs: bool = False, conv: dict[str, Any] | None = None, head_hidden: int = 64,
-                 output: str = "scalars"):
+                 output: str = "scalars", self_loops: bool = True):
         super().__init__()
         if output not in ("scalars", "polarizability_tensor"):
             raise ValueError(f"unknown output {output!r}; valid: scalars, polarizability_tensor")
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
-        self.edge_attrs, self.node_attrs, self.output = edge_attrs, node_attrs, output
+        self.edge_attrs, self.node_attrs, self.output, self.self_loops = edge_attrs, node_attrs, output, self_loops
         edge_t = f"{num_bond_types}x0e" if edge_attrs else None
         node_t = f"{num_atom_types}x0e" if node_attrs else None
         self.embed = nn.Linear(num_atom_types, num_features)
@@ -83,6 +84,8 @@ class QM9Model(nn.Module):
         """``batch → (B, T)`` scalars or ``(B, 9)`` symmetric tensors (invariant / equivariant)."""
         pos, edge_index = batch.pos, batch.edge_index
         edge_attr = batch.edge_attr if self.edge_attrs else None
+        if self.self_loops:
+            edge_index, edge_attr = add_self_loops(edge_index, pos.shape[0], edge_attr)
         node_attr = batch.x if self.node_attrs else None
         h = self.embed(batch.x)
         h = self.first(h, pos, edge_index, edge_attr, node_attr)
