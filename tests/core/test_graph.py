@@ -190,3 +190,14 @@ def test_clear_errors():
         farthest_point_sampling(pos)
     with pytest.raises(ValueError, match="ratio"):
         random_sampling(pos, ratio=1.5)
+
+
+def test_graph_ids_with_gaps():
+    pos, _ = _clouds([6, 9])
+    batch = torch.tensor([0] * 6 + [3] * 9)  # graphs 1 and 2 are empty
+    assert _pairs(knn_graph(pos, 3, batch)) == _ref_knn(pos, pos, 3, batch, batch, True)
+    assert _pairs(radius_graph(pos, 1.5, batch)) == sorted(
+        _ref_radius(pos, pos, 1.5, batch, batch, True), key=lambda e: (e[1], e[0]))
+    idx = farthest_point_sampling(pos, batch, n=4, random_start=True)
+    assert torch.bincount(batch[idx]).tolist() == [4, 0, 0, 4]
+    assert fully_connected_graph(batch).shape == (2, 6 * 5 + 9 * 8)
