@@ -32,7 +32,7 @@ class QM9Model(nn.Module):
 
     Args:
         group: group config (``name``, optional ``N``, ``maximum_frequency``), see ``conf/group``.
-        num_targets: T, the number of scalar targets.
+        targets: target names (T of them); ``[polarizability_tensor]`` switches to the tensor output.
         num_atom_types: size of the atom one-hot ``x``.
         num_bond_types: size of the bond one-hot ``edge_attr``.
         kernel: ``implicit`` or ``analytic``.
@@ -41,23 +41,27 @@ class QM9Model(nn.Module):
         edge_attrs: feed bond types to the kernel MLP; node_attrs: feed source/target atom types.
         conv: options of the convolutions (kernel MLP channels/layers, radial window, path, aggr, ...).
         head_hidden: width of the invariant MLP head.
-        output: ``scalars`` (``(B, T)``) or ``polarizability_tensor`` (``(B, 9)``, row-major 3×3).
         self_loops: add i → i edges so every atom also sees its own features (self-interaction).
 
     Batch fields: ``x (N, num_atom_types)``, ``pos (N, 3)``, ``edge_index (2, E)``,
-    ``edge_attr (E, num_bond_types)``, ``batch (N,)``.
+    ``edge_attr (E, num_bond_types)``, ``batch (N,)``. Output ``(B, T)`` invariant scalars, or
+    ``(B, 9)`` (row-major symmetric 3×3, type std⊗std) for the polarizability tensor.
     """
 
     vector_inputs: tuple[str, ...] = ()
 
-    def __init__(self, group: dict, num_targets: int = 1, num_atom_types: int = 5, num_bond_types: int = 4,
+    def __init__(self, group: dict, targets: list[str] | tuple[str, ...] = ("homo",), num_atom_types: int = 5,
+                 num_bond_types: int = 4,
                  kernel: str = "implicit", num_features: int = 8, band_limit: int = 1,
                  feature_spec: str | None = None, num_blocks: int = 4, edge_attrs: bool = False,
                  node_attrs: bool = False, conv: dict[str, Any] | None = None, head_hidden: int = 64,
-                 output: str = "scalars", self_loops: bool = True):
+                 self_loops: bool = True):
         super().__init__()
-        if output not in ("scalars", "polarizability_tensor"):
-            raise ValueError(f"unknown output {output!r}; valid: scalars, polarizability_tensor")
+        targets = list(targets)
+        output = "polarizability_tensor" if "polarizability_tensor" in targets else "scalars"
+        if output == "polarizability_tensor" and len(targets) > 1:
+            raise ValueError("polarizability_tensor is an equivariant target; train it alone (targets: [polarizability_tensor])")
+        num_targets = len(targets)
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
         self.edge_attrs, self.node_attrs, self.output, self.self_loops = edge_attrs, node_attrs, output, self_loops
