@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from steerable.checkpoint import build, load_checkpoint
 from steerable.config_checks import ConfigError
-from steerable.train import exit_with_error, run_cli, write_json
+from steerable.train import CONF_DIR, exit_with_error, run_cli, write_json
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -33,7 +33,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)

@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from steerable.checkpoint import load_checkpoint
 from steerable.config_checks import ConfigError
 from steerable.tasks import RegressionTask
-from steerable.train import exit_with_error, run_cli
+from steerable.train import CONF_DIR, exit_with_error, run_cli
 
 
 def predict(cfg: DictConfig) -> list[tuple[str, dict[str, float]]]:
@@ -35,7 +35,7 @@ def predict(cfg: DictConfig) -> list[tuple[str, dict[str, float]]]:
     return [(name, dict(zip(keys, row, strict=True))) for name, row in rows]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         rows = predict(cfg)

@@ -102,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     resolved = plain_config(cfg)
     check_config(resolved)
+    ckpt_path = resume_path(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     configure_wandb(cfg)
     datamodule = build(cfg.dataset, "dataset")
@@ -113,7 +114,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                 plugins=cluster_plugins())
     for logger in loggers:
         logger.log_hyperparams(redact_secrets(resolved))
-    ckpt_path = resume_path(cfg)
 
     if cfg.train:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -165,7 +165,7 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
         exit_with_error(err)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """Hydra task: returns the monitored metric (what sweepers optimise)."""
     try:

@@ -52,5 +52,7 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300,
     full_env = {**os.environ, "WANDB_MODE": "offline", "STEERABLE_ROOT": str(cwd), **(env or {})}
     full_env.pop("WANDB_API_KEY", None)
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", module, SEARCHPATH, *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    flags = [a for a in args if a.startswith("-")]  # e.g. -m: Hydra wants flags before overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    return subprocess.run([sys.executable, "-m", module, *flags, SEARCHPATH, *overrides], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,78 @@
+"""The real command line in subprocesses: train (W&B offline + CSV), evaluate, resume, multirun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.runs import run_cli
+
+SMOKE = ["experiment=smoke", "dataset.num_samples=40", "trainer.max_epochs=2"]
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # must never reach any file of the run
+
+
+def ok(result) -> None:
+    output = f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, f"exit {result.returncode}\n{output}"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One real `python -m steerable.train` run with the default logger (W&B offline + CSV)."""
+    root = tmp_path_factory.mktemp("cli")
+    run_dir = root / "run"
+    ok(run_cli("steerable.train", *SMOKE, f"hydra.run.dir={run_dir}", "tags=[cli,test]", cwd=root,
+               env={"WANDB_API_KEY": FAKE_KEY}))
+    return run_dir
+
+
+def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert {"val/mae", "test/mae", "test/gyration_mae_Ang"} <= set(metrics)
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((trained_run / "checkpoints").glob("epoch_*.ckpt"))) == 1
+    csv_header = (trained_run / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/mae" in csv_header and "test/mae" in csv_header
+    assert list((trained_run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert (trained_run / ".hydra" / "config.yaml").is_file()
+
+
+def test_no_secret_is_written_anywhere(trained_run):
+    for path in trained_run.rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), f"API key leaked into {path}"
+
+
+def test_evaluate_reproduces_test_metrics_of_best_checkpoint(trained_run, tmp_path):
+    best = next((trained_run / "checkpoints").glob("epoch_*.ckpt"))
+    out = tmp_path / "eval.json"
+    ok(run_cli("steerable.evaluate", f"ckpt_path={best}", "accelerator=cpu", f"output={out}", cwd=tmp_path))
+    evaluated = json.loads(out.read_text())
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert evaluated["test/mae"] == pytest.approx(trained["test/mae"], rel=1e-5)
+
+
+def test_resume_continues_from_last_checkpoint(trained_run):
+    result = run_cli("steerable.train", *SMOKE[:-1], "trainer.max_epochs=3", f"hydra.run.dir={trained_run}",
+                     "logger=csv", cwd=trained_run.parent)
+    ok(result)
+    assert "Restoring states from the checkpoint path at" in result.stdout + result.stderr
+    last = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * 4
+
+
+def test_local_multirun_over_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    ok(run_cli("steerable.train", "-m", "seed=0,1", *SMOKE, "trainer.max_epochs=1", "logger=csv",
+               f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    runs = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in (0, 1)]
+    assert runs[0]["test/mae"] != runs[1]["test/mae"]
+
+
+def test_bad_group_exits_with_one_line(tmp_path):
+    result = run_cli("steerable.train", "group=so4", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith("error: unknown group 'so4'") and "so3" in result.stderr

@@ -1,0 +1,94 @@
+"""Unit tests of steerable.config_checks (no Hydra involved)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from steerable.config_checks import (
+    REDACTED,
+    ConfigError,
+    check_config,
+    check_override_choices,
+    locate,
+    redact_secrets,
+)
+
+VALID = {
+    "seed": 0, "resume": "auto",
+    "dataset": {"_target_": "steerable.data.synthetic.SyntheticPointCloudDataModule", "kind": "regression"},
+    "model": {"_target_": "steerable.models.baseline.PointNetBaseline", "out_dim": 2},
+    "task": {"_target_": "steerable.tasks.RegressionTask", "loss": "l1",
+             "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}},
+    "trainer": {"_target_": "pytorch_lightning.Trainer", "max_epochs": 1},
+}
+
+
+def with_(path: str, value) -> dict:
+    import copy
+    cfg = copy.deepcopy(VALID)
+    *parents, leaf = path.split(".")
+    node = cfg
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return cfg
+
+
+def test_valid_config_passes():
+    check_config(VALID)
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("model.kernal", "implicit", "unknown key 'model.kernal'"),
+    ("task.loss", "huber", "invalid value task.loss='huber'; valid: l1, mse"),
+    ("dataset.kind", "segmentation", "valid: regression, classification, trajectory"),
+    ("trainer.max_epoch", 3, "did you mean 'max_epochs'?"),
+    ("task.optimizer.lrr", 0.1, "unknown key 'task.optimizer.lrr'"),
+    ("model._target_", "steerable.models.nope.Model", "cannot import"),
+    ("seeed", 1, "unknown top-level key 'seeed' (did you mean 'seed'?)"),
+])
+def test_bad_config_is_named(path, value, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        check_config(with_(path, value))
+    assert message in str(err.value)
+
+
+def test_missing_group_is_reported():
+    cfg = dict(VALID)
+    del cfg["model"]
+    with pytest.raises(ConfigError, match="'model' is missing"):
+        check_config(cfg)
+
+
+def test_override_choices(tmp_path: Path):
+    (tmp_path / "group").mkdir()
+    for name in ("so3", "o3"):
+        (tmp_path / "group" / f"{name}.yaml").write_text("")
+    check_override_choices(["group=so3", "group=so3,o3", "seed=1", "hydra/launcher=submitit_slurm",
+                            "group.name=x", "~group", "group=null"], tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown group 'so4' \(did you mean 'so3'\?\); valid: o3, so3"):
+        check_override_choices(["group=so4"], tmp_path)
+    with pytest.raises(ConfigError, match="unknown group 'o2'"):
+        check_override_choices(["group=so3,o2"], tmp_path)
+
+
+def test_override_choices_see_extra_search_path(tmp_path: Path):
+    (tmp_path / "main" / "experiment").mkdir(parents=True)
+    (tmp_path / "extra" / "experiment").mkdir(parents=True)
+    (tmp_path / "extra" / "experiment" / "smoke.yaml").write_text("")
+    overrides = [f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "experiment=smoke"]
+    check_override_choices(overrides, tmp_path / "main")
+
+
+def test_redact_secrets_keeps_structure():
+    cfg = {"logger": {"wandb": {"api_key": "abc", "project": "p", "token": None}},
+           "list": [{"password": "x"}], "n": 1}
+    assert redact_secrets(cfg) == {"logger": {"wandb": {"api_key": REDACTED, "project": "p", "token": None}},
+                                   "list": [{"password": REDACTED}], "n": 1}
+
+
+def test_locate_nested_attribute():
+    import torch
+    assert locate("torch.optim.lr_scheduler.CosineAnnealingLR") is torch.optim.lr_scheduler.CosineAnnealingLR

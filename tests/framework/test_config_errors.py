@@ -1,0 +1,50 @@
+"""Bad command lines end in one `error: …` line and exit status 2 (run in-process, as the CLI does)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from helpers.runs import CONF_DIR, SEARCHPATH
+
+from steerable.train import _hydra_main, run_cli
+
+MODEL = "model=qm9" if (CONF_DIR / "model" / "qm9.yaml").exists() else "model=baseline"
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path, capsys):
+    """``cli(*overrides)`` → stderr of a failing ``python -m steerable.train`` run."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setenv("STEERABLE_ROOT", str(tmp_path))
+
+    def _run(*overrides: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["steerable.train", SEARCHPATH, "experiment=smoke", *overrides])
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(_hydra_main)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("error: "), err
+        return err
+
+    return _run
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["group=so4"], "unknown group 'so4'"),
+    (["trainer=gpux"], "unknown trainer 'gpux' (did you mean 'gpu'?)"),
+    (["logger=wandb,cvs"], "unknown logger 'cvs'"),
+    ([MODEL, "model.kernel=foo"], "kernel"),
+    (["model.hiden=3"], "Could not override 'model.hiden'"),
+    (["+model.hiden=3"], "unknown key 'model.hiden' for steerable.models.baseline.PointNetBaseline "
+                         "(did you mean 'hidden'?)"),
+    (["model.readout=everything"], "invalid value model.readout='everything'; valid: graph, node"),
+    (["+task.optimizer.betas=[0.9,0.99]", "+task.optimizer.momentum=0.9"],
+     "unknown key 'task.optimizer.momentum'"),
+    (["resume=sometimes"], "invalid value resume='sometimes'"),
+    (["+notes=hello"], "unknown top-level key 'notes'"),
+    (["dataset.min_points=1"], "dataset: need 2 <= min_points <= max_points"),
+    (["ckpt_path=/nonexistent.ckpt"], "no checkpoint at /nonexistent.ckpt"),
+])
+def test_bad_override_fails_fast_with_one_line(cli, overrides, expected):
+    assert expected in cli(*overrides)
