@@ -17,7 +17,7 @@ Each item is a fully connected graph without self loops:
 
 CLI (generates all three splits into ``out``; any :class:`SimConfig` field may be given)::
 
-    python -m steerable.data.nbody out=data/nbody n_train=10000 n_val=2000 n_test=2000 seed=42
+    python -m steerable.data.nbody out=data/nbody n_train=10000 n_val=2000 n_test=2000 seed=42 gen_workers=2
 """
 
 from __future__ import annotations
@@ -111,13 +111,14 @@ class NBodyDataModule(pl.LightningDataModule):
         frame_in, frame_out: input and target frame (default: 30 → 40, a horizon of 1.0).
         limit: use at most the first ``limit`` trajectories of each split (default: ``None``, all).
         progress: show a progress bar while generating (default: True).
+        gen_workers: processes used to generate a split (default: 1); the data do not depend on it.
         n_particles, n_steps, dt, sample_every, loc_std, vel_norm, softening, max_force: simulation
             parameters, see :class:`~steerable.data.nbody_sim.SimConfig` (defaults: the EGNN setup).
     """
 
     def __init__(self, data_dir: str, n_train: int = 10000, n_val: int = 2000, n_test: int = 2000,
                  batch_size: int = 100, num_workers: int = 0, seed: int = 42, frame_in: int = 30,
-                 frame_out: int = 40, limit: int | None = None, progress: bool = True,
+                 frame_out: int = 40, limit: int | None = None, progress: bool = True, gen_workers: int = 1,
                  n_particles: int = 5, n_steps: int = 5000, dt: float = 0.001, sample_every: int = 100,
                  loc_std: float = 1.0, vel_norm: float = 0.5, softening: float = 0.0,
                  max_force: float | None = 100.0):
@@ -134,6 +135,7 @@ class NBodyDataModule(pl.LightningDataModule):
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.batch_size, self.num_workers, self.seed, self.limit = batch_size, num_workers, seed, limit
         self.frame_in, self.frame_out, self.progress = frame_in, frame_out, progress
+        self.gen_workers = gen_workers
         self.datasets: dict[str, NBodyDataset] = {}
 
     @property
@@ -143,7 +145,8 @@ class NBodyDataModule(pl.LightningDataModule):
 
     def split_file(self, split: str) -> Path:
         """The cache file of ``split`` (generated first if missing)."""
-        return ensure_split(self.data_dir, self.sim, split, self.sizes[split], self.seed, self.progress)
+        return ensure_split(self.data_dir, self.sim, split, self.sizes[split], self.seed, self.progress,
+                            self.gen_workers)
 
     def prepare_data(self) -> None:
         for split in SPLITS:
@@ -198,7 +201,7 @@ def main(argv: list[str]) -> None:
     """``key=value`` CLI: ``out`` (required), split sizes, ``seed``, frames and ``SimConfig`` fields."""
     sim_types = {f.name: (int if f.type in ("int", int) else float) for f in dataclasses.fields(SimConfig)}
     types = {"out": str, "n_train": int, "n_val": int, "n_test": int, "seed": int, "progress": int,
-             "frame_in": int, "frame_out": int, **sim_types}
+             "gen_workers": int, "frame_in": int, "frame_out": int, **sim_types}
     args: dict = {}
     for item in argv:
         key, sep, value = item.partition("=")

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +44,27 @@ def split_path(data_dir: str | os.PathLike, params: dict) -> Path:
     return Path(data_dir) / f"nbody_{params['split']}_n{params['n']}_s{params['seed']}_{digest}.npz"
 
 
-def generate_split(cfg: SimConfig, split: str, n: int, seed: int, chunk: int = 2000,
-                   progress: bool = True) -> dict[str, np.ndarray]:
+def _simulate_chunk(pos0: np.ndarray, vel0: np.ndarray, charge: np.ndarray,
+                    cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Worker job: one chunk of trajectories, returned as float32 ``(S, F, N, d)`` arrays."""
+    pos, vel = simulate(pos0, vel0, charge, cfg)
+    return pos.astype(np.float32), vel.astype(np.float32)
+
+
+def generate_split(cfg: SimConfig, split: str, n: int, seed: int, chunk: int = 500,
+                   progress: bool = True, workers: int = 1) -> dict[str, np.ndarray]:
     """Simulate ``n`` trajectories of ``split`` (float64 integration, float32 output).
+
+    Args:
+        cfg: simulation parameters.
+        split: ``train``, ``val`` or ``test`` (selects the seed stream).
+        n: number of trajectories.
+        seed: base seed.
+        chunk: trajectories integrated together (vectorised) in one job (default: 500).
+        progress: show a tqdm bar (in integration steps × systems).
+        workers: processes integrating chunks in parallel; 1 = in this process (default: 1). Every
+            trajectory is integrated independently, so the result does not depend on ``chunk`` or
+            ``workers``.
 
     Returns:
         ``{"pos": (n, F, N, 3), "vel": (n, F, N, 3), "charge": (n, N)}`` float32 arrays.
@@ -63,11 +83,22 @@ def generate_split(cfg: SimConfig, split: str, n: int, seed: int, chunk: int = 2
         from tqdm.auto import tqdm
         bar = tqdm(total=n * cfg.n_steps, desc=f"nbody {split} ({n} systems)", unit="sim-step",
                    unit_scale=True)
-    for start in range(0, n, chunk):
-        sl = slice(start, min(start + chunk, n))
-        size = sl.stop - sl.start
-        on_frame = (lambda k, size=size: bar.update(k * size)) if bar is not None else None
-        out_pos[sl], out_vel[sl] = simulate(pos0[sl], vel0[sl], charge[sl], cfg, on_frame=on_frame)
+    slices = [slice(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+    if workers > 1 and len(slices) > 1:
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with ProcessPoolExecutor(min(workers, len(slices)), mp_context=context) as pool:
+            jobs = {pool.submit(_simulate_chunk, pos0[sl], vel0[sl], charge[sl], cfg): sl for sl in slices}
+            for job in as_completed(jobs):
+                sl = jobs[job]
+                out_pos[sl], out_vel[sl] = job.result()
+                if bar is not None:
+                    bar.update((sl.stop - sl.start) * cfg.n_steps)
+    else:
+        for sl in slices:
+            size = sl.stop - sl.start
+            on_frame = (lambda k, size=size: bar.update(k * size)) if bar is not None else None
+            out_pos[sl], out_vel[sl] = simulate(pos0[sl], vel0[sl], charge[sl], cfg, on_frame=on_frame)
     if bar is not None:
         bar.close()
     return {"pos": out_pos, "vel": out_vel, "charge": charge.astype(np.float32)}
@@ -102,10 +133,10 @@ def load_split(path: Path, params: dict | None = None) -> dict[str, np.ndarray]:
 
 
 def ensure_split(data_dir: str | os.PathLike, cfg: SimConfig, split: str, n: int, seed: int,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, workers: int = 1) -> Path:
     """Return the cache file of a split, generating and writing it first if it is missing."""
     params = split_params(cfg, split, n, seed)
     path = split_path(data_dir, params)
     if not path.exists():
-        save_atomic(path, generate_split(cfg, split, n, seed, progress=progress), params)
+        save_atomic(path, generate_split(cfg, split, n, seed, progress=progress, workers=workers), params)
     return path

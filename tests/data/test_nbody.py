@@ -177,6 +177,14 @@ def test_splits_are_seeded_prefixes_and_independent():
     assert a["charge"].shape == (6, 5)
 
 
+def test_generation_independent_of_chunking_and_workers():
+    serial = generate_split(TINY, "test", 5, seed=3, chunk=5, progress=False)
+    for kwargs in ({"chunk": 2}, {"chunk": 2, "workers": 2}):
+        other = generate_split(TINY, "test", 5, seed=3, progress=False, **kwargs)
+        for key in serial:
+            np.testing.assert_array_equal(serial[key], other[key])
+
+
 def test_cache_roundtrip_params_and_invalidation(tmp_path):
     path = ensure_split(tmp_path, TINY, "train", 4, seed=0, progress=False)
     params = split_params(TINY, "train", 4, 0)
