@@ -298,13 +298,12 @@ def farthest_point_sampling(pos: Tensor, batch: Tensor | None = None, ratio: flo
     else:
         current = torch.zeros(num_graphs, dtype=torch.long, device=pos.device)
     mind = torch.full((num_graphs, blocks.max), math.inf, dtype=pos.dtype, device=pos.device)
-    mind = mind.masked_fill(~blocks.valid, -1.0)
+    mind = mind.masked_fill(~blocks.valid, -1.0)  # padding stays at -1: never the farthest
     chosen = torch.empty(num_graphs, steps, dtype=torch.long, device=pos.device)
     for step in range(steps):
         chosen[:, step] = current
-        centre = blocks.pos[graphs, current].unsqueeze(1)
-        dist = ((blocks.pos - centre) ** 2).sum(-1).masked_fill(~blocks.valid, -1.0)
-        mind = torch.minimum(mind, dist)
+        dist = (blocks.pos - blocks.pos[graphs, current].unsqueeze(1)).square_().sum(-1)
+        torch.minimum(mind, dist, out=mind)
         current = mind.argmax(dim=1)
     keep = torch.arange(steps, device=pos.device) < sizes[:, None]
     return blocks.index.gather(1, chosen)[keep]
