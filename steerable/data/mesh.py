@@ -122,7 +122,7 @@ def read_off(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         ValueError: naming the file and line of the first malformed entry.
     """
     path = Path(path)
-    lines = _content_lines(path.read_text(encoding="utf-8", errors="replace"))
+    lines = _content_lines(path.read_text(encoding="utf-8", errors="replace").lstrip("\ufeff"))
     nv, nf, start = _parse_header(path, lines)
     verts = _parse_vertices(path, lines[start:start + nv], nv)
     faces = _parse_faces(path, lines[start + nv:start + nv + nf], nf, nv)
