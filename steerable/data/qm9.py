@@ -6,6 +6,9 @@ Each item is a ``torch_geometric.data.Data`` with
 ``y (1, T)`` float32 targets in reporting units (see ``target_names`` / ``target_units``),
 ``idx`` the original QM9 index and ``name`` (``dsgdb9nsd_XXXXXX``).
 
+``polarizability_tensor`` is rotated from qm9pack's principal-axes frame into the frame of ``pos``
+(see :mod:`steerable.data.qm9_polarizability`), so it co-rotates with the molecule.
+
 Split (the paper's protocol): ``numpy.random.default_rng(split_seed).permutation(130831)`` over
 the molecules in ascending QM9 index; the first 100,000 are train, the next 17,748 val, the last
 13,083 test. ``subset={"train": n, ...}`` keeps the first n of each split (tiny runs and tests).
@@ -25,6 +28,7 @@ from torch_geometric.loader import DataLoader
 
 from steerable.data import qm9_cache
 from steerable.data.mol_graph import NUM_ATOM_TYPES, check_graph, molecule_data, num_bond_types
+from steerable.data.qm9_polarizability import to_coordinate_frame
 from steerable.data.qm9_raw import NUM_MOLECULES, read_qm9pack
 from steerable.data.qm9_targets import (
     TENSOR_TARGET,
@@ -159,6 +163,12 @@ class QM9DataModule(pl.LightningDataModule):
     def _targets_of(self, cache: dict) -> torch.Tensor:
         counts = element_counts(cache["z"].numpy(), cache["atom_ptr"].numpy())
         pol = polarizability_matrix(cache["polarizability"].numpy())
+        if TENSOR_TARGET in self.targets:  # qm9pack gives it in a principal-axes frame, not pos's
+            z, pos = cache["z"].numpy(), cache["pos"].double().numpy()
+            pol, remapped = to_coordinate_frame(pol, z, pos, cache["atom_ptr"].numpy())
+            self._summary["polarizability_symmetric_tops_rematched"] = (
+                self._summary.get("polarizability_symmetric_tops_rematched", 0) + remapped
+            )
         y = compute_targets(self.targets, cache["props"].numpy(), pol, counts, self.atomization)
         return torch.from_numpy(y).float()
 
@@ -170,11 +180,11 @@ class QM9DataModule(pl.LightningDataModule):
         cache = qm9_cache.load_or_build(
             self.data_dir, rows, NUM_MOLECULES, read_qm9pack, self.processes, self.progress
         )
+        self._summary = qm9_cache.summarize(cache)
         bounds = np.cumsum([0, *(len(v) for v in split_rows.values())])
         for name, a, b in zip(split_rows, bounds[:-1], bounds[1:], strict=True):
             part = qm9_cache.select(cache, np.arange(a, b))
             self.datasets[name] = QM9Graphs(part, self._targets_of(part), self.graph, self.radius)
-        self._summary = qm9_cache.summarize(cache)
         self._set_statistics(self.datasets["train"].y)
         log.info("QM9 %s", self.summary())
 

@@ -1,8 +1,9 @@
 """QM9 regression targets: names, literature units, conversions, atomization energies.
 
 Targets are selected by name. Scalar targets give one column each; ``polarizability_tensor`` gives
-nine (the 3×3 tensor, row-major, bohr³). Energies are reported in meV (the unit of published MAEs). Unit strings are metric-name safe
-(``cal_mol_K`` for cal/mol/K, ``bohr3`` for bohr³) since tasks log ``{stage}/{name}_mae_{unit}``.
+nine (the 3×3 tensor, row-major, bohr³). Energies are reported in meV (the unit of published MAEs).
+Unit strings are metric-name safe (``cal_mol_K`` for cal/mol/K, ``bohr3`` for bohr³) since tasks
+log ``{stage}/{name}_mae_{unit}``.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ from steerable.data import qm9_bonds, qm9_cache
 from steerable.data.mol_graph import build_edges, num_bond_types
 from steerable.data.molecules import molecules_to_batch, parse_xyz, read_molecules
 from steerable.data.qm9 import SPLIT_SIZES, QM9DataModule, split_indices
+from steerable.data.qm9_polarizability import to_coordinate_frame
 from steerable.data.qm9_raw import NUM_MOLECULES, qm9pack_data_dir, read_qm9pack
-from steerable.data.qm9_targets import ATOM_REFERENCE_HARTREE, HARTREE_TO_MEV
+from steerable.data.qm9_targets import ATOM_REFERENCE_HARTREE, HARTREE_TO_MEV, polarizability_matrix
 
 SUBSET = {"train": 160, "val": 40, "test": 40}
 SINGLE, DOUBLE, TRIPLE, AROMATIC = range(4)
@@ -35,7 +36,9 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dm(data_dir):
+def dm(data_dir, raw):
+    rows = np.concatenate([v[: SUBSET[k]] for k, v in split_indices().items()])
+    qm9_cache.load_or_build(data_dir, rows, NUM_MOLECULES, lambda: raw, progress=False)  # one CSV read
     module = QM9DataModule(
         data_dir=str(data_dir),
         targets=["homo", "U0", "Cv", "polarizability_tensor"],
@@ -160,6 +163,58 @@ def test_polarizability_tensor_target(dm, raw):
     assert (dm.target_mean[3:] == 0).all() and (dm.target_std[3:] == dm.target_std[3]).all()
 
 
+def _traceless(a: np.ndarray) -> np.ndarray:
+    return a - np.trace(a, axis1=-2, axis2=-1)[..., None, None] / 3 * np.eye(3)
+
+
+@pytest.fixture(scope="module")
+def rotated(raw):
+    """First 3,000 molecules' polarizability tensors rotated into the frame of ``pos``."""
+    m = 3000
+    ptr = raw.atom_ptr[: m + 1]
+    raw_tensors = polarizability_matrix(raw.polarizability[:m])
+    tensors, _ = to_coordinate_frame(raw_tensors, raw.z[: ptr[-1]], raw.pos[: ptr[-1]], ptr)
+    return raw_tensors, tensors
+
+
+def test_polarizability_frame_planar_molecules(raw, rotated):
+    raw_tensors, tensors = rotated
+    np.testing.assert_allclose(np.linalg.eigvalsh(tensors), np.linalg.eigvalsh(raw_tensors), atol=1e-9)
+    checked = 0
+    for m in range(len(tensors)):
+        z, pos = _molecule(raw, m)
+        centred = pos - pos.mean(0)
+        _, sv, vt = np.linalg.svd(centred)
+        if len(z) < 4 or sv[2] > 1e-3 * sv[0] or sv[1] < 1e-3 * sv[0]:
+            continue  # not planar, or linear (no unique plane)
+        normal = vt[2]  # the plane's normal must be a principal axis of the tensor
+        np.testing.assert_allclose(tensors[m] @ normal, (normal @ tensors[m] @ normal) * normal, atol=2e-2)
+        checked += 1
+    assert checked > 100
+    z, pos = _molecule(raw, _row(raw, "C#C"))
+    axis = (pos[1] - pos[0]) / np.linalg.norm(pos[1] - pos[0])
+    np.testing.assert_allclose(tensors[_row(raw, "C#C")] @ axis, 27.863 * axis, atol=2e-3)
+
+
+def test_polarizability_frame_matches_bond_directions(raw, rotated):
+    """Anisotropy follows bond directions (cosine ~0.36 on average) only in the rotated frame."""
+    raw_tensors, tensors = rotated
+    cosines = []
+    for m in range(len(tensors)):
+        z, pos = _molecule(raw, m)
+        bonds = qm9_bonds.covalent_bonds(z, pos)
+        u = pos[bonds[:, 1]] - pos[bonds[:, 0]]
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        model = _traceless(u.T @ u)
+        for k, a in enumerate((raw_tensors[m], tensors[m])):
+            a = _traceless(a)
+            denominator = np.linalg.norm(a) * np.linalg.norm(model)
+            if denominator > 1e-6:
+                cosines.append((k, (a * model).sum() / denominator))
+    cosines = np.array(cosines)
+    assert cosines[cosines[:, 0] == 1, 1].mean() > 0.3 > 0.1 > abs(cosines[cosines[:, 0] == 0, 1].mean())
+
+
 # --- datamodule and graphs ---------------------------------------------------------------------
 
 
@@ -217,9 +272,7 @@ def test_cache_written_atomically_and_reused(dm, data_dir, monkeypatch):
         raise AssertionError("cache was rebuilt")
 
     again = qm9_cache.load_or_build(data_dir, rows, NUM_MOLECULES, must_not_build, progress=False)
-    assert again["name"] == dm.datasets["train"].cache["name"] + dm.datasets["val"].cache["name"] + dm.datasets[
-        "test"
-    ].cache["name"]
+    assert again["name"] == sum((dm.datasets[k].cache["name"] for k in SPLIT_SIZES), [])
     # a code change (version bump) invalidates it: new file name, and the old file's metadata is stale
     monkeypatch.setattr(qm9_cache, "CACHE_VERSION", qm9_cache.CACHE_VERSION + 1)
     assert qm9_cache.cache_path(data_dir, key) != files[0]
