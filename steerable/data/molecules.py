@@ -17,7 +17,9 @@ Only H, C, N, O, F are accepted (the elements QM9 contains).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,8 +162,15 @@ def read_molecules(path_or_smiles: str, graph: str = "bonds", radius: float = 5.
 
 
 def molecules_to_batch(
-    path_or_smiles: str, graph: str = "bonds", radius: float = 5.0
+    path_or_smiles: str, graph: str | Mapping[str, Any] = "bonds", radius: float = 5.0
 ) -> tuple[list[str], Batch]:
-    """:func:`read_molecules` collated into one PyG ``Batch`` (names in batch order)."""
+    """:func:`read_molecules` collated into one PyG ``Batch`` (names in batch order).
+
+    ``graph`` may also be the training run's dataset config (a mapping): its ``graph`` and
+    ``radius`` are used, so predictions see the graphs the model was trained on.
+    """
+    if isinstance(graph, Mapping):
+        radius = float(graph.get("radius", radius))
+        graph = str(graph.get("graph", "bonds"))
     molecules = read_molecules(path_or_smiles, graph, radius)
     return [name for name, _ in molecules], Batch.from_data_list([d for _, d in molecules])

@@ -28,6 +28,7 @@ from torch_geometric.loader import DataLoader
 
 from steerable.data import qm9_cache
 from steerable.data.mol_graph import NUM_ATOM_TYPES, check_graph, molecule_data, num_bond_types
+from steerable.data.molecules import molecules_to_batch, read_molecules
 from steerable.data.qm9_polarizability import to_coordinate_frame
 from steerable.data.qm9_raw import NUM_MOLECULES, read_qm9pack
 from steerable.data.qm9_targets import (
@@ -38,6 +39,8 @@ from steerable.data.qm9_targets import (
     polarizability_matrix,
     validate_targets,
 )
+
+__all__ = ["QM9DataModule", "QM9Graphs", "split_indices", "molecules_to_batch", "read_molecules"]
 
 log = logging.getLogger(__name__)
 

@@ -103,9 +103,34 @@ def process(raw: QM9Raw, rows: np.ndarray, workers: int = 2, progress: bool = Tr
     }
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete ``.{name}.tmp-<pid>`` siblings of ``path`` left by killed writers (pid not alive)."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary sibling, fsync, then ``os.replace`` onto ``path``."""
+    """``torch.save`` to a temporary sibling, fsync, then ``os.replace`` onto ``path``.
+
+    Temporary files of writers that were killed (SIGKILL skips the cleanup below) are removed first.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from steerable.data import qm9_bonds, qm9_cache
+from steerable.data import qm9, qm9_bonds, qm9_cache
 from steerable.data.mol_graph import build_edges, num_bond_types
 from steerable.data.molecules import molecules_to_batch, parse_xyz, read_molecules
 from steerable.data.qm9 import SPLIT_SIZES, QM9DataModule, split_indices
@@ -295,9 +296,12 @@ def test_interrupted_or_corrupt_cache_is_not_trusted(raw, tmp_path, monkeypatch)
         qm9_cache.load_or_build(tmp_path, rows, NUM_MOLECULES, lambda: raw, progress=False)
     assert not path.exists() and list(path.parent.iterdir()) == []
     monkeypatch.setattr(qm9_cache.torch, "save", real_save)
+    stale = path.with_name(f".{path.name}.tmp-999999999")  # left by a SIGKILLed writer
+    stale.write_bytes(b"partial")
     path.write_bytes(b"PK\x03\x04 truncated")  # a corrupt file under the final name is rebuilt
     built = qm9_cache.load_or_build(tmp_path, rows, NUM_MOLECULES, lambda: raw, progress=False)
     assert built["name"] == raw.name[:5].tolist() and qm9_cache.load_checked(path, key) is not None
+    assert sorted(path.parent.iterdir()) == [path]
 
 
 # --- molecule readers --------------------------------------------------------------------------
@@ -332,6 +336,9 @@ def test_read_xyz_directory_and_smiles(tmp_path):
     names, batch = molecules_to_batch(str(folder))
     assert names == ["co2", "water"] and batch.num_graphs == 2 and batch.num_nodes == 6
     assert batch.x.shape == (6, 5) and batch.edge_attr.shape == (8, 4)
+    dataset_cfg = {"graph": "full", "radius": 2.0, "targets": ["homo"]}  # predict passes the run's config
+    _, full = qm9.molecules_to_batch(str(folder), dataset_cfg)
+    assert full.edge_attr.shape == (12, 5)
     assert math.isclose(batch.pos[3, 2].item(), 0.1173, rel_tol=1e-6)
 
     smiles = tmp_path / "list.smi"
@@ -350,3 +357,21 @@ def test_read_xyz_directory_and_smiles(tmp_path):
         read_molecules(str(smiles))
     with pytest.raises(ValueError, match="not a file, a directory or a valid SMILES"):
         read_molecules(str(tmp_path / "missing.xyz"))
+
+
+# --- configs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["qm9", "qm9_tiny"])
+def test_dataset_configs_instantiate(name, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name=f"dataset/{name}", overrides=[f"+paths.data_dir={tmp_path}"])
+    module = instantiate(cfg.dataset)
+    assert isinstance(module, QM9DataModule) and module.data_dir == str(tmp_path)
+    assert module.target_names == ["homo"] and module.num_bond_types == 4
+    sizes = {k: len(v) for k, v in module._split_rows().items()}
+    assert sizes == ({"train": 64, "val": 32, "test": 32} if name == "qm9_tiny" else SPLIT_SIZES)
