@@ -175,14 +175,23 @@ class QM9DataModule(pl.LightningDataModule):
         y = compute_targets(self.targets, cache["props"].numpy(), pol, counts, self.atomization)
         return torch.from_numpy(y).float()
 
+    def _load_or_build(self, rows: np.ndarray) -> dict:
+        return qm9_cache.load_or_build(
+            self.data_dir, rows, NUM_MOLECULES, read_qm9pack, self.processes, self.progress
+        )
+
+    def prepare_data(self) -> None:
+        """Build the cache once (Lightning calls this on one process per node before ``setup``)."""
+        rows = np.concatenate(list(self._split_rows().values()))
+        if not qm9_cache.cache_path(self.data_dir, "all").is_file():
+            if not qm9_cache.cache_path(self.data_dir, qm9_cache.rows_key(rows, NUM_MOLECULES)).is_file():
+                self._load_or_build(rows)
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         split_rows = self._split_rows()
-        rows = np.concatenate(list(split_rows.values()))
-        cache = qm9_cache.load_or_build(
-            self.data_dir, rows, NUM_MOLECULES, read_qm9pack, self.processes, self.progress
-        )
+        cache = self._load_or_build(np.concatenate(list(split_rows.values())))
         self._summary = qm9_cache.summarize(cache)
         bounds = np.cumsum([0, *(len(v) for v in split_rows.values())])
         for name, a, b in zip(split_rows, bounds[:-1], bounds[1:], strict=True):

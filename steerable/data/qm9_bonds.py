@@ -16,6 +16,11 @@ Bond types are integers: 0 single, 1 double, 2 triple, 3 aromatic (see :data:`BO
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
 import numpy as np
 from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem, rdDetermineBonds
@@ -41,6 +46,24 @@ _COVALENT_RADIUS = {1: 0.31, 6: 0.76, 7: 0.71, 8: 0.66, 9: 0.57}
 COVALENT_FACTOR = 1.3
 
 RDLogger.DisableLog("rdApp.*")
+
+
+@contextlib.contextmanager
+def _silenced_fds() -> Iterator[None]:
+    """Send fds 1 and 2 to /dev/null: YAeHMOP (the Hückel fallback) prints warnings from C."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def xyz_block(z: np.ndarray, pos: np.ndarray) -> str:
@@ -102,7 +125,8 @@ def perceive_bonds(z: np.ndarray, pos: np.ndarray, smiles: str | None = None) ->
     for method_id, hueckel in ((0, False), (1, True)):
         try:
             candidate = Chem.MolFromXYZBlock(block)
-            rdDetermineBonds.DetermineBonds(candidate, charge=0, useHueckel=hueckel)
+            with _silenced_fds() if hueckel else contextlib.nullcontext():
+                rdDetermineBonds.DetermineBonds(candidate, charge=0, useHueckel=hueckel)
             mol, method = candidate, method_id
             break
         except Exception:  # RDKit raises several exception types (ValueError, RuntimeError, …)

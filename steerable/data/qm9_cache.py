@@ -47,16 +47,6 @@ def cache_path(data_dir: str | os.PathLike, key: str) -> Path:
     return Path(data_dir) / "qm9" / f"processed_v{meta['version']}_qm9pack{meta['qm9pack']}_{key}.pt"
 
 
-def _quiet_worker() -> None:
-    """Pool initializer: YAeHMOP (Hückel fallback) prints warnings straight to fds 1/2; drop them.
-
-    Worker exceptions still reach the parent (the pool pickles them)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-
-
 def _work(item: tuple[np.ndarray, np.ndarray, str]) -> tuple[np.ndarray, int, int]:
     return perceive_bonds(*item)
 
@@ -77,7 +67,7 @@ def process(raw: QM9Raw, rows: np.ndarray, workers: int = 2, progress: bool = Tr
     ]
     bar = dict(total=len(items), desc="QM9 bonds", disable=not progress, mininterval=2.0)
     if workers > 1 and len(items) > 256:
-        with multiprocessing.get_context("fork").Pool(workers, _quiet_worker) as pool:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = list(tqdm(pool.imap(_work, items, chunksize=256), **bar))
     else:
         results = [_work(item) for item in tqdm(items, **bar)]
