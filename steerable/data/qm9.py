@@ -183,9 +183,9 @@ class QM9DataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Build the cache once (Lightning calls this on one process per node before ``setup``)."""
         rows = np.concatenate(list(self._split_rows().values()))
-        if not qm9_cache.cache_path(self.data_dir, "all").is_file():
-            if not qm9_cache.cache_path(self.data_dir, qm9_cache.rows_key(rows, NUM_MOLECULES)).is_file():
-                self._load_or_build(rows)
+        key = qm9_cache.rows_key(rows, NUM_MOLECULES)
+        if not any(qm9_cache.cache_path(self.data_dir, k).is_file() for k in ("all", key)):
+            self._load_or_build(rows)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -201,7 +201,7 @@ class QM9DataModule(pl.LightningDataModule):
         log.info("QM9 %s", self.summary())
 
     def _set_statistics(self, y: torch.Tensor) -> None:
-        mean, std = y.mean(0), y.std(0)
+        mean, std = y.mean(0), torch.nan_to_num(y.std(0), nan=1.0)  # nan: a 1-molecule train split
         if TENSOR_TARGET in self.targets:
             start = self.target_names.index("alpha_xx")
             block = slice(start, start + 9)

@@ -31,9 +31,10 @@ CACHE_VERSION = 1
 
 
 def rows_key(rows: np.ndarray, total: int) -> str:
-    """``"all"`` for every molecule in order, else ``"<count>-<sha1 prefix of the row list>"``."""
+    """``"all"`` if ``rows`` holds every molecule (any order: the cache then stores them in QM9 order),
+    else ``"<count>-<sha1 prefix of the row list>"``."""
     rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == total and (rows == np.arange(total)).all():
+    if len(rows) == total and np.array_equal(np.sort(rows), np.arange(total)):
         return "all"
     return f"{len(rows)}-{hashlib.sha1(rows.tobytes()).hexdigest()[:12]}"
 
@@ -175,14 +176,25 @@ def load_or_build(
     """Processed molecules for ``rows`` (in that order), from the full cache, a subset cache, or
     built now (and then saved). ``read_raw`` is called only when something must be built."""
     rows = np.asarray(rows, dtype=np.int64)
-    full = load_checked(cache_path(data_dir, "all"), "all")
-    if full is not None:
-        return select(full, rows)
     key = rows_key(rows, total)
+    full = load_checked(cache_path(data_dir, "all"), "all")
+    if full is None and key == "all":
+        full = _build(data_dir, np.arange(total), "all", read_raw, workers, progress)
+    if full is not None:
+        return full if np.array_equal(rows, np.arange(total)) else select(full, rows)
+    cached = load_checked(cache_path(data_dir, key), key)
+    return cached if cached is not None else _build(data_dir, rows, key, read_raw, workers, progress)
+
+
+def _build(
+    data_dir: str | os.PathLike,
+    rows: np.ndarray,
+    key: str,
+    read_raw: Callable[[], QM9Raw],
+    workers: int,
+    progress: bool,
+) -> dict:
     path = cache_path(data_dir, key)
-    cached = load_checked(path, key)
-    if cached is not None:
-        return cached
     log.info("building QM9 cache %s (%d molecules, %d workers)", path, len(rows), workers)
     built = process(read_raw(), rows, workers=workers, progress=progress)
     built["meta"] = cache_meta(key)

@@ -128,8 +128,12 @@ def test_split_full_index_list():
     again = split_indices(NUM_MOLECULES, seed=0)
     assert all(np.array_equal(splits[k], again[k]) for k in SPLIT_SIZES)
     assert not np.array_equal(splits["test"], split_indices(NUM_MOLECULES, seed=1)["test"])
-    # pins numpy's PCG64 stream: if this changes, published splits would silently change too
-    assert splits["train"][:3].tolist() == np.random.default_rng(0).permutation(NUM_MOLECULES)[:3].tolist()
+    # pins numpy's PCG64 stream (rows in ascending QM9 index): if it changed, the split would too
+    assert [splits[k][:3].tolist() for k in SPLIT_SIZES] == [
+        [2275, 111633, 104936],
+        [6401, 70801, 128909],
+        [38546, 50654, 106821],
+    ]
     with pytest.raises(ValueError, match="add up"):
         split_indices(10, sizes={"train": 5, "val": 3, "test": 3})
 
@@ -375,3 +379,21 @@ def test_dataset_configs_instantiate(name, tmp_path):
     assert module.target_names == ["homo"] and module.num_bond_types == 4
     sizes = {k: len(v) for k, v in module._split_rows().items()}
     assert sizes == ({"train": 64, "val": 32, "test": 32} if name == "qm9_tiny" else SPLIT_SIZES)
+
+
+def test_full_cache_serves_any_row_order_and_subsets(raw, tmp_path):
+    """A run over every molecule (rows in split order) writes the canonical "all" cache, which
+    later subset runs reuse without rebuilding (here "every molecule" is the first 6)."""
+    total, order = 6, np.array([4, 0, 5, 2, 1, 3])
+    built = qm9_cache.load_or_build(tmp_path, order, total, lambda: raw, progress=False)
+    assert qm9_cache.rows_key(order, total) == "all"
+    assert [p.name for p in (tmp_path / "qm9").iterdir()] == [qm9_cache.cache_path(tmp_path, "all").name]
+    assert built["name"] == raw.name[order].tolist()
+
+    def must_not_build():
+        raise AssertionError("cache was rebuilt")
+
+    subset = qm9_cache.load_or_build(tmp_path, np.array([3, 1]), total, must_not_build, progress=False)
+    assert subset["name"] == raw.name[[3, 1]].tolist()
+    ptr = raw.atom_ptr
+    assert subset["z"].tolist() == [*raw.z[ptr[3] : ptr[4]], *raw.z[ptr[1] : ptr[2]]]
