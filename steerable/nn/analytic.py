@@ -41,7 +41,8 @@ class AnalyticPointConv(nn.Module):
         self.group = group
         self.in_type, self.out_type = group.field_type(in_type), group.field_type(out_type)
         conv_cls = enn.R3PointConv if group.dim == 3 else enn.R2PointConv
-        # recompute=True: no basis sharing across layers (see EquivariantLinear).
+        # Note: escnn caches kernel bases (torch modules) across layers, so casting one analytic layer
+        # (e.g. .double()) changes the bases later layers are built from; keep analytic models in one dtype.
         self.conv = conv_cls(self.in_type, self.out_type, width=width, n_rings=n_rings, bias=bias, recompute=True)
 
     def train(self, mode: bool = True):
