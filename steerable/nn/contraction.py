@@ -3,25 +3,85 @@
 For edges e = (s(e) → t(e)) with kernel-MLP activations h_e ∈ R^H and source features x_{s(e)} ∈ R^C,
 compute per target node i
 
-.. math::  A_i = Σ_{e: t(e)=i} h_e ⊗ x_{s(e)} ∈ R^{H×C}
+.. math::  A_i = Σ_{e: t(e)=i} h_e ⊗ x_{s(e)} ∈ R^{H×C}, \\qquad S_i = Σ_{e: t(e)=i} w_e\\, x_{s(e)}
 
 without materialising the (E, H, C) tensor when the degree structure allows:
 
 * fixed degree with edges grouped by target (kNN graphs): one ``bmm`` on (N, d, H) × (N, d, C);
-* variable degree: sort by target, pad every neighbourhood to the maximal degree, one ``bmm``
-  (memory N·d_max·(H + C));
+* variable degree: pad every neighbourhood to the maximal degree (no sort when the edges are
+  already sorted by target), one ``bmm`` (memory N·d_max·(H + C));
 * very skewed degrees (padding > 4× the edges): ``index_add`` of outer products (memory E·H·C).
+
+The layout (which of the three, degrees, padding slots) depends only on the graph; compute it once
+with :func:`segment_layout` and pass it to every aggregation over the same edges.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 PAD_LIMIT = 4.0  # pad only while N·d_max ≤ PAD_LIMIT·E
 
 
-def aggregate_outer(h: torch.Tensor, x_src: torch.Tensor, target: torch.Tensor,
-                    num_targets: int) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class SegmentLayout:
+    """How E edges map onto N target nodes.
+
+    Attributes:
+        num_targets: N.
+        deg: ``(N,)`` long in-degree of every target.
+        mode: ``"fixed"`` (consecutive runs of ``width`` edges per target 0…N−1), ``"padded"``
+            (scatter into an (N, width) grid, ``width`` = max degree) or ``"scatter"`` (index_add).
+        width: the neighbourhood size of the blocks (``fixed``/``padded``), else 0.
+        order: ``(E,)`` edge permutation sorting by target, or None when already sorted (``padded``).
+        slot: ``(E,)`` flat slot in the (N·width) grid of every (sorted) edge (``padded``).
+        target: ``(E,)`` target of every edge (``scatter``).
+    """
+
+    num_targets: int
+    deg: torch.Tensor
+    mode: str
+    width: int = 0
+    order: torch.Tensor | None = None
+    slot: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+
+    def blocks(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-edge ``(E, F)`` values laid out as ``(N, width, F)`` (zero padded); fixed/padded modes only."""
+        n, features = self.num_targets, values.shape[1]
+        if self.mode == "fixed":
+            return values.view(n, self.width, features)
+        if self.order is not None:
+            values = values[self.order]
+        grid = values.new_zeros(n * self.width, features).index_copy_(0, self.slot, values)
+        return grid.view(n, self.width, features)
+
+
+def segment_layout(target: torch.Tensor, num_targets: int) -> SegmentLayout:
+    """Choose the aggregation layout for edges with targets ``target (E,)`` onto ``num_targets`` nodes."""
+    num_edges = target.numel()
+    deg = torch.bincount(target, minlength=num_targets)
+    if num_edges == 0 or num_targets == 0:
+        return SegmentLayout(num_targets, deg, "scatter", target=target)
+    degree = num_edges // num_targets
+    if degree * num_targets == num_edges and _grouped_fixed_degree(target, num_targets, degree):
+        return SegmentLayout(num_targets, deg, "fixed", width=degree)
+    max_deg = int(deg.max())
+    if num_targets * max_deg <= PAD_LIMIT * num_edges:
+        order = None
+        if not bool((target[1:] >= target[:-1]).all()):
+            order = torch.argsort(target, stable=True)
+            target = target[order]
+        start = torch.cumsum(deg, 0) - deg
+        slot = target * max_deg + (torch.arange(num_edges, device=target.device) - start[target])
+        return SegmentLayout(num_targets, deg, "padded", width=max_deg, order=order, slot=slot)
+    return SegmentLayout(num_targets, deg, "scatter", target=target)
+
+
+def aggregate_outer(h: torch.Tensor, x_src: torch.Tensor, target: torch.Tensor, num_targets: int,
+                    layout: SegmentLayout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum outer products per target node.
 
     Args:
@@ -29,37 +89,45 @@ def aggregate_outer(h: torch.Tensor, x_src: torch.Tensor, target: torch.Tensor,
         x_src: ``(E, C)`` source features gathered per edge.
         target: ``(E,)`` long, target node of each edge.
         num_targets: number of target nodes N.
+        layout: precomputed :func:`segment_layout` of ``target`` (computed here when None).
 
     Returns:
         ``A: (N, H, C)`` and the in-degree ``deg: (N,)`` (long).
     """
-    num_edges, hidden = h.shape
-    channels = x_src.shape[1]
-    deg = torch.bincount(target, minlength=num_targets)
-    if num_edges == 0:
-        return h.new_zeros(num_targets, hidden, channels), deg
-    degree = num_edges // num_targets if num_targets else 0
-    if degree * num_targets == num_edges and _grouped_fixed_degree(target, num_targets, degree):
-        return torch.bmm(h.view(num_targets, degree, hidden).transpose(1, 2),
-                         x_src.view(num_targets, degree, channels)), deg
-    max_deg = int(deg.max())
-    if num_targets * max_deg <= PAD_LIMIT * num_edges:
-        order = torch.argsort(target, stable=True)
-        sorted_target = target[order]
-        start = torch.cumsum(deg, 0) - deg
-        slot = sorted_target * max_deg + (torch.arange(num_edges, device=h.device) - start[sorted_target])
-        h_pad = h.new_zeros(num_targets * max_deg, hidden).index_copy_(0, slot, h[order])
-        x_pad = x_src.new_zeros(num_targets * max_deg, channels).index_copy_(0, slot, x_src[order])
-        return torch.bmm(h_pad.view(num_targets, max_deg, hidden).transpose(1, 2),
-                         x_pad.view(num_targets, max_deg, channels)), deg
-    outer = (h[:, :, None] * x_src[:, None, :]).view(num_edges, hidden * channels)
-    out = h.new_zeros(num_targets, hidden * channels).index_add_(0, target, outer)
-    return out.view(num_targets, hidden, channels), deg
+    layout = layout or segment_layout(target, num_targets)
+    outer, _ = aggregate_outer_and_sum(h, x_src, None, layout)
+    return outer, layout.deg
+
+
+def aggregate_outer_and_sum(h: torch.Tensor, x_src: torch.Tensor, weight: torch.Tensor | None,
+                            layout: SegmentLayout) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``A_i = Σ h_e ⊗ x_e`` ``(N, H, C)`` and, if ``weight (E,)`` is given, ``S_i = Σ w_e x_e`` ``(N, C)``.
+
+    Both sums share the blocked layout of ``x_src`` (one gather/pad, two ``bmm``).
+    """
+    n, hidden, channels = layout.num_targets, h.shape[1], x_src.shape[1]
+    if layout.mode == "scatter":
+        if h.shape[0] == 0:
+            outer = h.new_zeros(n, hidden, channels)
+        else:
+            prod = (h[:, :, None] * x_src[:, None, :]).view(h.shape[0], hidden * channels)
+            outer = h.new_zeros(n, hidden * channels).index_add_(0, layout.target, prod)
+            outer = outer.view(n, hidden, channels)
+        summed = None
+        if weight is not None:
+            summed = x_src.new_zeros(n, channels).index_add_(0, layout.target, x_src * weight[:, None])
+        return outer, summed
+    x_blocks = layout.blocks(x_src)
+    outer = torch.bmm(layout.blocks(h).transpose(1, 2), x_blocks)
+    summed = None
+    if weight is not None:
+        summed = torch.bmm(layout.blocks(weight[:, None]).transpose(1, 2), x_blocks).view(n, channels)
+    return outer, summed
 
 
 def _grouped_fixed_degree(target: torch.Tensor, num_targets: int, degree: int) -> bool:
     """True when edges come in consecutive runs of ``degree`` edges per target 0, 1, …, N−1."""
     if degree == 0:
         return False
-    expected = torch.arange(num_targets, device=target.device).repeat_interleave(degree)
-    return bool(torch.equal(target, expected))
+    runs = target.view(num_targets, degree)
+    return bool((runs == torch.arange(num_targets, device=target.device)[:, None]).all())

@@ -20,7 +20,7 @@ from torch_geometric.nn import MessagePassing
 
 from steerable.groups import GroupSpec
 from steerable.kernels.implicit import ImplicitKernel
-from steerable.nn.contraction import aggregate_outer
+from steerable.nn.contraction import aggregate_outer_and_sum, segment_layout
 from steerable.nn.field_ops import FieldLayout
 
 PointPair = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -136,14 +136,13 @@ class ImplicitPointConv(MessagePassing):
     def _nodewise(self, x, rel_pos, attr, src, dst, num_dst) -> torch.Tensor:
         h, window = self.kernel.hidden(rel_pos, attr)
         w_tilde, bias = self.kernel.weight_and_bias()
-        x_src = x[src]
-        outer, deg = aggregate_outer(h, x_src, dst, num_dst)
+        layout = segment_layout(dst, num_dst)  # one degree/padding analysis for both sums
+        outer, windowed_sum = aggregate_outer_and_sum(h, x[src], None if bias is None else window, layout)
         out = outer.reshape(num_dst, -1) @ w_tilde.reshape(w_tilde.shape[0], -1).T
         if bias is not None:
-            windowed_sum = x.new_zeros(num_dst, x.shape[1]).index_add_(0, dst, x_src * window[:, None])
-            out = out + windowed_sum @ bias.T
+            out = torch.addmm(out, windowed_sum, bias.T)
         if self.aggr == "mean":
-            out = out / deg.clamp(min=1).to(out.dtype)[:, None]
+            out = out / layout.deg.clamp(min=1).to(out.dtype)[:, None]
         return out
 
     def extra_repr(self) -> str:

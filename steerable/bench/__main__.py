@@ -1,0 +1,167 @@
+"""``python -m steerable.bench``: node-wise vs per-edge implicit conv vs escnn analytic conv (issue 5).
+
+For every shape (QM9-like molecules, ModelNet-like clouds, a scaling sweep over E at fixed N) the
+three variants run one after another, each in its own subprocess (:mod:`steerable.bench.worker`):
+training-step time (forward + backward, median after warmup) and peak memory over a baseline.
+Then the memory slope over the sweep, the node-wise contraction's GFLOP/s against a dense
+``torch.mm``, and whole-model throughput when the models exist. Writes JSON and a PNG.
+
+>>> # python -m steerable.bench --quick --out /tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning threads
+# made 2-thread steps up to 70× slower than 1-thread ones (measured). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from steerable.bench.report import format_table, goals, machine_info, memory_slopes, plot, summarise  # noqa: E402
+from steerable.bench.shapes import default_shapes  # noqa: E402
+from steerable.bench.worker import MARK, VARIANTS  # noqa: E402
+
+KERNEL = dict(channels=8, band_limit=1, n_layers=3)  # ImplicitKernel defaults, stated explicitly
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m steerable.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (smoke test)")
+    p.add_argument("--out", type=Path, default=Path("experiments/bench/results_cpu.json"))
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per measurement (at most)")
+    p.add_argument("--budget-s", type=float, default=40.0, help="time budget of the timed steps of one job")
+    p.add_argument("--clouds", type=int, default=2, help="ModelNet-like batch size (clouds of 1,024 points)")
+    p.add_argument("--sweep-points", type=int, default=512, help="N of the scaling sweep")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ",".join(VARIANTS))
+    p.add_argument("--only", default=None, help="comma list of shape-name prefixes to run")
+    p.add_argument("--no-models", action="store_true", help="skip the whole-model throughput")
+    p.add_argument("--timeout-s", type=float, default=1200.0, help="per-subprocess timeout")
+    p.add_argument("--inprocess", action="store_true",
+                   help="run the jobs in this process (fast smoke test; memory figures then less clean)")
+    return p.parse_args(argv)
+
+
+def run_worker(job: dict, timeout: float, inprocess: bool = False) -> dict:
+    """Run one job in a fresh interpreter (or here); its ``RESULT`` line, or an ``error`` entry."""
+    if inprocess:
+        from steerable.bench.models import run_model_job
+        from steerable.bench.worker import run_job
+        try:
+            return run_job(job) if job["kind"] == "conv" else run_model_job(job)
+        except Exception as err:  # noqa: BLE001 - a failed measurement is reported, not fatal
+            return dict(error=repr(err))
+    cmd = [sys.executable, "-m", "steerable.bench.worker", json.dumps(job)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), OMP_WAIT_POLICY=os.environ["OMP_WAIT_POLICY"])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timeout after {timeout:.0f} s")
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    return dict(error=(proc.stderr or proc.stdout).strip()[-600:] or f"exit code {proc.returncode}")
+
+
+def dense_matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of a square float32 ``torch.mm`` (the practical limit of this CPU)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def run_convs(args: argparse.Namespace) -> list[dict]:
+    shapes = default_shapes(args.quick, args.clouds, args.sweep_points)
+    if args.only:
+        shapes = [s for s in shapes if s["name"].startswith(tuple(args.only.split(",")))]
+    rows = []
+    for spec in shapes:
+        for variant in args.variants.split(","):
+            job = dict(kind="conv", shape=spec, variant=variant, threads=args.threads, seed=0, kernel=KERNEL,
+                       repeats=1 if args.quick else args.repeats, budget_s=args.budget_s)
+            start = time.perf_counter()
+            result = run_worker(job, args.timeout_s, args.inprocess)
+            result.setdefault("shape", spec["name"])
+            result.setdefault("variant", variant)
+            result["wall_s"] = time.perf_counter() - start
+            rows.append(result)
+            status = result.get("error", "")[-200:] or (
+                f"E={result['edges']:>7d} step {result['step_s']:.3f} s  peak {result['peak_mb']:.0f} MB")
+            print(f"  {spec['name']:<20s} {variant:<10s} {status}", flush=True)
+    return rows
+
+
+def run_models(args: argparse.Namespace) -> list[dict]:
+    from steerable.bench.models import model_jobs, summarise_models
+    results = []
+    for job in model_jobs(args.quick, args.threads, args.repeats, args.budget_s):
+        if "skip" in job:
+            print(f"  model {job['model']}: skipped ({job['skip']})", flush=True)
+            results.append(job)
+            continue
+        result = run_worker(job, args.timeout_s, args.inprocess)
+        result.setdefault("model", job["model"])
+        result.setdefault("path", job["path"])
+        status = result.get("error", "")[-200:] or (
+            f"train {result['train_graphs_per_s']:.2f} graphs/s, infer {result['infer_graphs_per_s']:.2f} "
+            f"graphs/s, peak {result['train_peak_mb']:.0f} MB")
+        print(f"  model {job['model']:<9s} {job['path']:<10s} {status}", flush=True)
+        results.append(result)
+    return results, summarise_models(results)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    info = machine_info(args.threads)
+    print(f"machine: {info.get('cpu')} ({info['cpu_count']} cores), torch {info['torch']}, "
+          f"{args.threads} threads, load {info['loadavg_start']}; no GPU on this machine", flush=True)
+    matmul = dense_matmul_gflops(args.threads, 512 if args.quick else 2048)
+    print(f"dense torch.mm: {matmul:.1f} GFLOP/s", flush=True)
+    rows = run_convs(args)
+    ok = [r for r in rows if "error" not in r]
+    lines, slopes = summarise(ok), memory_slopes(ok)
+    model_rows, models = ([], []) if args.no_models else run_models(args)
+    info["loadavg_end"] = os.getloadavg()
+    report = dict(machine=info, args={k: str(v) for k, v in vars(args).items()}, kernel=KERNEL,
+                  dense_matmul_gflops=matmul, rows=rows, summary=lines, memory_slope=slopes,
+                  model_rows=model_rows, models=models, goals=goals(lines, slopes, models))
+    print("\n" + format_table(lines))
+    if slopes.get("nodewise"):
+        print("\nmemory slope (sweep): " + ", ".join(
+            f"{v} {slopes[v]['bytes_per_edge']:.0f} B/edge" for v in VARIANTS if v in slopes)
+            + f"; bound (H + C_in)·4 = {slopes['bound_bytes_per_edge']:.0f} B/edge")
+    for m in models:
+        print(f"\nmodel {m['model']}: " + (m["skip"] if "skip" in m else
+              f"training throughput ×{m['train_speedup']:.2f}, inference ×{m['infer_speedup']:.2f}, "
+              f"memory ÷{m['memory_ratio']:.2f} (nodewise vs reference)"))
+    for g in report["goals"]:
+        print(f"  goal {g['goal']}: {g['value']:.2f} vs {g['target']} -> {'met' if g['met'] else 'NOT met'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(args.out)
+    if ok:
+        plot(ok, args.plot or args.out.with_suffix(".png"))
+    print(f"\nwrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

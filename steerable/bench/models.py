@@ -1,0 +1,116 @@
+"""Whole-model throughput (molecules/s, clouds/s), training and inference, node-wise vs reference.
+
+The QM9 and ModelNet models are built with their constructor defaults (group SO(3)); every
+:class:`~steerable.nn.ImplicitPointConv` inside is switched to the path under test. A training
+step is forward + MSE-to-zero loss + backward + Adam step; inference is a ``no_grad`` forward in
+eval mode. Each (model, path) runs in its own worker process, like the conv benchmark.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from steerable.bench.shapes import build_inputs, shape
+
+MODELS = {"qm9": ("steerable.models.qm9", "QM9Model"),
+          "modelnet": ("steerable.models.modelnet", "ModelNetModel")}
+PATHS = ("reference", "nodewise")
+
+
+def model_shapes(quick: bool) -> dict[str, dict]:
+    """QM9: 32 molecules × 18 atoms, bond graph; ModelNet: 8 clouds × 1,024 points (model builds graphs)."""
+    if quick:
+        return {"qm9": shape("qm9_model", "qm9", 2, 18, "radius", 1.6, "5x0e"),
+                "modelnet": shape("modelnet_model", "modelnet", 1, 128, "knn", 4, "1x0e")}
+    return {"qm9": shape("qm9_model", "qm9", 32, 18, "radius", 1.6, "5x0e"),
+            "modelnet": shape("modelnet_model", "modelnet", 8, 1024, "knn", 4, "1x0e")}
+
+
+def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float) -> list[dict]:
+    """One job per (model, path); a ``skip`` entry (with the reason) for models that do not import."""
+    jobs = []
+    for name, (module, cls) in MODELS.items():
+        try:
+            getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as err:
+            jobs.append(dict(model=name, skip=f"{module}.{cls} not available: {err}"))
+            continue
+        for path in PATHS:
+            jobs.append(dict(kind="model", model=name, path=path, shape=model_shapes(quick)[name],
+                             threads=threads, seed=0, repeats=1 if quick else repeats, budget_s=budget_s))
+    return jobs
+
+
+def _batch(name: str, spec: dict):
+    from torch_geometric.data import Batch
+    inputs = build_inputs(spec, 1)
+    gen = torch.Generator().manual_seed(1)
+    n = inputs["pos"].shape[0]
+    if name == "qm9":
+        x = F.one_hot(torch.randint(0, 5, (n,), generator=gen), 5).float()
+        e = inputs["edge_index"].shape[1]
+        edge_attr = F.one_hot(torch.randint(0, 4, (e,), generator=gen), 4).float()
+        return Batch(x=x, pos=inputs["pos"], edge_index=inputs["edge_index"], edge_attr=edge_attr,
+                     batch=inputs["batch"])
+    return Batch(pos=inputs["pos"], batch=inputs["batch"])
+
+
+def run_model_job(job: dict) -> dict:
+    """Training and inference throughput (graphs/s) and training-step peak memory of one (model, path)."""
+    from steerable.bench.worker import median_time, peak_memory_mb, timed_repeats
+    from steerable.nn.point_conv import ImplicitPointConv
+    torch.set_num_threads(int(job["threads"]))
+    torch.manual_seed(int(job["seed"]))
+    module, cls = MODELS[job["model"]]
+    model = getattr(importlib.import_module(module), cls)(group={"name": "so3"})
+    convs = [m for m in model.modules() if isinstance(m, ImplicitPointConv)]
+    for conv in convs:
+        conv.path = job["path"]
+    spec = job["shape"]
+    batch = _batch(job["model"], spec)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_step():
+        model.train()
+        optimiser.zero_grad(set_to_none=True)
+        model(batch).square().mean().backward()
+        optimiser.step()
+
+    def infer_step():
+        model.eval()
+        with torch.no_grad():
+            model(batch)
+
+    memory_mb, method = peak_memory_mb(train_step)
+    import time
+    start = time.perf_counter()
+    train_step()
+    repeats = timed_repeats(time.perf_counter() - start, int(job["repeats"]), float(job["budget_s"]))
+    train_s, _ = median_time(train_step, repeats)
+    infer_step()
+    infer_s, _ = median_time(infer_step, repeats)
+    graphs = int(spec["graphs"])
+    return dict(model=job["model"], path=job["path"], graphs=graphs, points_per_graph=int(spec["points"]),
+                implicit_convs=len(convs), train_step_s=train_s, infer_step_s=infer_s,
+                train_graphs_per_s=graphs / train_s, infer_graphs_per_s=graphs / infer_s,
+                train_peak_mb=memory_mb, memory_method=method, threads=torch.get_num_threads())
+
+
+def summarise_models(results: list[dict]) -> list[dict]:
+    """Per model: node-wise / reference ratios of training and inference throughput and memory."""
+    out = []
+    for name in MODELS:
+        rows = {r.get("path"): r for r in results if r.get("model") == name and "train_step_s" in r}
+        skipped = [r for r in results if r.get("model") == name and "skip" in r]
+        if skipped:
+            out.append(dict(model=name, skip=skipped[0]["skip"]))
+        if "reference" in rows and "nodewise" in rows:
+            ref, nw = rows["reference"], rows["nodewise"]
+            out.append(dict(model=name, train_speedup=ref["train_step_s"] / nw["train_step_s"],
+                            infer_speedup=ref["infer_step_s"] / nw["infer_step_s"],
+                            memory_ratio=ref["train_peak_mb"] / max(nw["train_peak_mb"], 1.0),
+                            reference=ref, nodewise=nw))
+    return out

@@ -1,0 +1,170 @@
+"""Summaries of benchmark rows: side-by-side table, goal checks (issue 5), memory slope, plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GOALS = dict(modelnet_speedup=20.0, modelnet_memory=10.0, qm9_speedup=3.0, model_speedup=5.0)
+
+
+def machine_info(threads: int) -> dict:
+    """CPU model, cores, memory, library versions and the load average (other jobs share the CPU)."""
+    info = dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
+                threads=threads, cpu_count=os.cpu_count(), loadavg_start=os.getloadavg(),
+                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), gpu="none (CPU-only machine)")
+    try:
+        import escnn
+        info["escnn"] = getattr(escnn, "__version__", "?")
+    except ImportError:
+        pass
+    for path, key, field in (("/proc/cpuinfo", "cpu", "model name"), ("/proc/meminfo", "memory", "MemTotal")):
+        try:
+            with open(path) as f:
+                info[key] = next(line.split(":", 1)[1].strip() for line in f if line.startswith(field))
+        except (OSError, StopIteration):
+            pass
+    return info
+
+
+def by_shape(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """``{shape: {variant: row}}`` keeping the shape order of ``rows``."""
+    table: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        table.setdefault(row["shape"], {})[row["variant"]] = row
+    return table
+
+
+def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
+    """``a[key] / b[key]``; memory denominators are floored at 1 MB (RSS granularity and noise)."""
+    if not a or not b or a.get(key) is None or b.get(key) is None:
+        return None
+    floor = 1.0 if key == "peak_mb" else 1e-9
+    return a[key] / max(b[key], floor)
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One line per shape: times, memories, nodewise-vs-reference (and analytic) ratios."""
+    lines = []
+    for shape, variants in by_shape(rows).items():
+        ref, nw, an = (variants.get(v) for v in ("reference", "nodewise", "analytic"))
+        base = nw or ref or an
+        line = dict(shape=shape, nodes=base["nodes"], edges=base["edges"], c_in=base["c_in"],
+                    speedup=_ratio(ref, nw, "step_s"), memory_ratio=_ratio(ref, nw, "peak_mb"),
+                    analytic_vs_nodewise_time=_ratio(an, nw, "step_s"),
+                    analytic_vs_nodewise_memory=_ratio(an, nw, "peak_mb"))
+        for name, row in (("reference", ref), ("nodewise", nw), ("analytic", an)):
+            line[f"{name}_s"] = row.get("step_s") if row else None
+            line[f"{name}_mb"] = row.get("peak_mb") if row else None
+        if nw and "phi_s" in nw:
+            line.update(phi_share=nw["phi_s"] / nw["step_s"], contraction_gflops=nw["contraction_gflops"],
+                        contraction_speedup=_contraction_speedup(ref, nw))
+        lines.append(line)
+    return lines
+
+
+def _contraction_speedup(ref: dict | None, nw: dict) -> float | None:
+    """Speedup of what differs between the paths (step minus the shared kernel MLP φ)."""
+    if not ref:
+        return None
+    rest_ref, rest_nw = ref["step_s"] - nw["phi_s"], nw["step_s"] - nw["phi_s"]
+    return rest_ref / rest_nw if rest_nw > 0 and rest_ref > 0 else None
+
+
+def memory_slopes(rows: list[dict], family_prefix: str = "sweep") -> dict:
+    """Least-squares slope of peak memory vs E over the sweep, in bytes per edge, per variant."""
+    out = {}
+    sweep = [r for r in rows if r["shape"].startswith(family_prefix) and r.get("peak_mb") is not None]
+    for variant in ("reference", "nodewise", "analytic"):
+        pts = [(r["edges"], r["peak_mb"]) for r in sweep if r["variant"] == variant]
+        if len(pts) >= 2:
+            e, mb = np.array(pts, dtype=float).T
+            slope, intercept = np.polyfit(e, mb * 2**20, 1)
+            out[variant] = dict(bytes_per_edge=float(slope), intercept_mb=float(intercept / 2**20))
+    nodewise = [r for r in sweep if r["variant"] == "nodewise" and "hidden" in r]
+    if nodewise:
+        h, c = nodewise[0]["hidden"], nodewise[0]["c_in"]
+        out["bound_bytes_per_edge"] = 4.0 * (h + c)
+        out["hidden"], out["c_in"] = h, c
+    return out
+
+
+def goals(lines: list[dict], slopes: dict, models: list[dict]) -> list[dict]:
+    """Issue 5's bars, each with the measured value and met / not met."""
+    checks = []
+
+    def add(name, value, target, higher=True):
+        if value is not None:
+            checks.append(dict(goal=name, value=value, target=target,
+                               met=bool(value >= target if higher else value <= target)))
+
+    for line in lines:
+        degree = line["edges"] / line["nodes"]
+        if line["shape"].startswith("modelnet") and degree >= 32 and line["c_in"] >= 64:
+            add(f"{line['shape']} speedup", line["speedup"], GOALS["modelnet_speedup"])
+            add(f"{line['shape']} memory ratio", line["memory_ratio"], GOALS["modelnet_memory"])
+        if line["shape"].startswith("qm9"):
+            add(f"{line['shape']} speedup", line["speedup"], GOALS["qm9_speedup"])
+    if "nodewise" in slopes and "bound_bytes_per_edge" in slopes:
+        add("nodewise memory slope (bytes/edge)", slopes["nodewise"]["bytes_per_edge"],
+            slopes["bound_bytes_per_edge"], higher=False)
+    for m in models:
+        if m.get("model", "").startswith("modelnet") and m.get("train_speedup") is not None:
+            add(f"{m['model']} training throughput ratio", m["train_speedup"], GOALS["model_speedup"])
+    return checks
+
+
+def _fmt(v, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def format_table(lines: list[dict]) -> str:
+    """Markdown table of the per-shape summary."""
+    head = ("| shape | N | E | C | ref s | nodewise s | analytic s | speedup | ref MB | nodewise MB | "
+            "analytic MB | mem ratio | φ share | contraction speedup | GFLOP/s |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for ln in lines:
+        rows.append("| " + " | ".join([
+            ln["shape"], str(ln["nodes"]), str(ln["edges"]), str(ln["c_in"]),
+            _fmt(ln["reference_s"], ".3f"), _fmt(ln["nodewise_s"], ".3f"), _fmt(ln["analytic_s"], ".3f"),
+            _fmt(ln["speedup"], ".1f") + "×", _fmt(ln["reference_mb"], ".0f"), _fmt(ln["nodewise_mb"], ".0f"),
+            _fmt(ln["analytic_mb"], ".0f"), _fmt(ln["memory_ratio"], ".1f") + "×",
+            _fmt(ln.get("phi_share"), ".0%"), _fmt(ln.get("contraction_speedup"), ".1f") + "×",
+            _fmt(ln.get("contraction_gflops"), ".1f")]) + " |")
+    return "\n".join(rows)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Step time and peak memory vs number of edges, one colour per variant (log–log)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = dict(reference="tab:red", nodewise="tab:blue", analytic="tab:green")
+    markers = dict(qm9="s", modelnet="o", sweep="^")
+    for variant, colour in colours.items():
+        for family, marker in markers.items():
+            pts = sorted((r["edges"], r["step_s"], r["peak_mb"], r["c_in"]) for r in rows
+                         if r["variant"] == variant and r["shape"].startswith(family) and "step_s" in r)
+            if not pts:
+                continue
+            e, t, m, _ = zip(*pts, strict=True)
+            style = "-" if family == "sweep" else ""
+            label = f"{variant} ({family})"
+            axes[0].plot(e, t, style + marker, color=colour, label=label, alpha=0.8)
+            axes[1].plot(e, np.maximum(m, 1e-1), style + marker, color=colour, label=label, alpha=0.8)
+    for ax, ylabel in zip(axes, ("train step (fwd+bwd) [s]", "peak memory over baseline [MB]"), strict=True):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("edges E")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=1)
+    fig.suptitle("Implicit point conv: per-edge reference vs node-wise contraction vs escnn analytic (CPU)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,164 @@
+"""One measurement in a fresh process: ``python -m steerable.bench.worker '<json job>'``.
+
+Running every (shape, variant) in its own process makes the CPU peak-memory figure clean: the
+worker builds the layer and the inputs, resets the kernel's peak-RSS counter (``VmHWM``, by writing
+``5`` to ``/proc/self/clear_refs``), records ``VmRSS`` as the baseline, runs one training step and
+reports ``VmHWM − baseline``. Where ``clear_refs`` is unavailable it falls back to the
+``ru_maxrss`` delta (which under-reports when building the inputs already peaked higher). The step
+measured for memory is the first one (nothing freed earlier can be reused by the allocator);
+timings are the median of the following steps. The result is one JSON line prefixed by ``RESULT``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from steerable.bench.shapes import build_inputs
+
+MARK = "RESULT "
+VARIANTS = ("reference", "nodewise", "analytic")
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def peak_memory_mb(fn: Callable[[], object]) -> tuple[float, str]:
+    """Peak resident memory (MB) that ``fn()`` adds on top of the memory in use before the call."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_mb("VmRSS")
+        fn()
+        return _status_mb("VmHWM") - base, "VmHWM-reset"
+    except OSError:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        fn()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base, "ru_maxrss"
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of ``repeats`` calls (s) and all the samples."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def build_conv(group, variant: str, in_type: str, out_type: str, kernel: dict) -> torch.nn.Module:
+    """The layer under test: implicit conv on one of its two paths, or escnn's analytic point conv."""
+    if variant == "analytic":
+        from steerable.nn.analytic import AnalyticPointConv
+        return AnalyticPointConv(group, in_type, out_type)
+    from steerable.nn.point_conv import ImplicitPointConv
+    return ImplicitPointConv(group, in_type, out_type, path=variant, **kernel)
+
+
+def timed_repeats(cold_s: float, repeats: int, budget_s: float) -> int:
+    """How many timed steps fit the per-measurement budget (at least 1, at most ``repeats``)."""
+    return max(1, min(repeats, int(budget_s / max(cold_s, 1e-6))))
+
+
+def contraction_rate(conv, inputs: dict, repeats: int) -> dict:
+    """Forward time and GFLOP/s of the node-wise contraction alone (aggregation + Hom matmul)."""
+    from steerable.nn.contraction import aggregate_outer
+    src, dst = inputs["edge_index"]
+    x, num = inputs["x"], inputs["x"].shape[0]
+    with torch.no_grad():
+        rel = inputs["pos"][src] - inputs["pos"][dst]
+        h, _ = conv.kernel.hidden(rel)
+        w_tilde, _ = conv.kernel.weight_and_bias()
+        w_flat = w_tilde.reshape(w_tilde.shape[0], -1)
+
+        def contract():
+            outer, _ = aggregate_outer(h, x[src], dst, num)
+            return outer.reshape(num, -1) @ w_flat.T
+
+        contract()
+        seconds, _ = median_time(contract, repeats)
+    e, hid, c_in, c_out = src.numel(), h.shape[1], x.shape[1], w_tilde.shape[0]
+    flops = 2 * e * hid * c_in + 2 * num * hid * c_in * c_out
+    return dict(contraction_s=seconds, contraction_gflop=flops / 1e9,
+                contraction_gflops=flops / seconds / 1e9)
+
+
+def phi_time(conv, inputs: dict, repeats: int) -> float:
+    """Forward + backward time of the kernel MLP φ alone (shared by both implicit paths)."""
+    src, dst = inputs["edge_index"]
+    rel = inputs["pos"][src] - inputs["pos"][dst]
+
+    def step():
+        conv.zero_grad(set_to_none=True)
+        h, window = conv.kernel.hidden(rel)
+        (h.sum() + window.sum()).backward()
+
+    step()
+    return median_time(step, repeats)[0]
+
+
+def run_job(job: dict) -> dict:
+    """Measure one (shape, variant): step time, peak memory, and for ``nodewise`` φ and contraction rates."""
+    torch.set_num_threads(int(job["threads"]))
+    torch.manual_seed(int(job["seed"]))
+    from steerable.groups import build_group
+    spec, variant = job["shape"], job["variant"]
+    group = build_group(job.get("group", "so3"))
+    conv = build_conv(group, variant, spec["in_type"], spec["out_type"], job["kernel"])
+    conv.train()
+    inputs = build_inputs(spec, conv.in_type.size)
+    x = inputs["x"].requires_grad_(True)
+    pos, edge_index = inputs["pos"], inputs["edge_index"]
+
+    def step():
+        conv.zero_grad(set_to_none=True)
+        x.grad = None
+        conv(x, pos, edge_index).square().mean().backward()
+
+    start = time.perf_counter()
+    memory_mb, memory_method = peak_memory_mb(step)
+    cold_s = time.perf_counter() - start
+    if cold_s < job["budget_s"] / 4:
+        step()  # warmup
+    repeats = timed_repeats(cold_s, int(job["repeats"]), float(job["budget_s"]))
+    step_s, samples = median_time(step, repeats)
+    result = dict(shape=spec["name"], variant=variant, nodes=int(pos.shape[0]),
+                  edges=int(edge_index.shape[1]), c_in=conv.in_type.size, c_out=conv.out_type.size,
+                  step_s=step_s, step_samples=samples,
+                  cold_step_s=cold_s, peak_mb=memory_mb, memory_method=memory_method,
+                  threads=torch.get_num_threads())
+    if variant != "analytic":
+        result["hidden"] = conv.kernel.hidden_size
+    if variant == "nodewise" and job.get("extras", True):
+        result["phi_s"] = phi_time(conv, inputs, repeats)
+        result.update(contraction_rate(conv, inputs, max(repeats, 3)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    job = json.loads((argv or sys.argv[1:])[0])
+    result = run_job(job) if job.get("kind", "conv") == "conv" else _model_job(job)
+    print(MARK + json.dumps(result), flush=True)
+
+
+def _model_job(job: dict) -> dict:
+    from steerable.bench.models import run_model_job
+    return run_model_job(job)
+
+
+if __name__ == "__main__":
+    main()
