@@ -8,7 +8,7 @@ An invariant map, global mean+max pooling and an MLP head give the class logits 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -42,8 +42,8 @@ class ModelNetModel(nn.Module):
     Batch fields: ``pos (N, 3)``, ``batch (N,)``, optional ``normal (N, 3)``. Output ``(B, num_classes)``.
     """
 
-    def __init__(self, group: dict, num_classes: int = 40, kernel: str = "implicit",
-                 stages: list[dict] | tuple = DEFAULT_STAGES, band_limit: int = 1, sampling: str = "fps",
+    def __init__(self, group: dict, num_classes: int = 40, kernel: Literal["implicit", "analytic"] = "implicit",
+                 stages: list[dict] | tuple = DEFAULT_STAGES, band_limit: int = 1, sampling: Literal["fps", "random"] = "fps",
                  use_normals: bool = False, conv: dict[str, Any] | None = None, head_hidden: int = 128):
         super().__init__()
         if sampling not in ("fps", "random"):

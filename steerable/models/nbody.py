@@ -8,7 +8,7 @@ particle's charge as a node attribute. Output: the position at frame t + Δ, pre
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ class NBodyModel(nn.Module):
 
     vector_inputs: tuple[str, ...] = ("vel",)
 
-    def __init__(self, group: dict, kernel: str = "implicit", num_features: int = 16, band_limit: int = 1,
+    def __init__(self, group: dict, kernel: Literal["implicit", "analytic"] = "implicit", num_features: int = 16, band_limit: int = 1,
                  num_layers: int = 4, edge_attrs: bool = True, node_attrs: bool = True,
                  conv: dict[str, Any] | None = None):
         super().__init__()

@@ -8,7 +8,7 @@ With ``output="polarizability_tensor"`` the pooled equivariant features are mapp
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ class QM9Model(nn.Module):
 
     def __init__(self, group: dict, targets: list[str] | tuple[str, ...] = ("homo",), num_atom_types: int = 5,
                  num_bond_types: int = 4,
-                 kernel: str = "implicit", num_features: int = 8, band_limit: int = 1,
+                 kernel: Literal["implicit", "analytic"] = "implicit", num_features: int = 8, band_limit: int = 1,
                  feature_spec: str | None = None, num_blocks: int = 4, edge_attrs: bool = False,
                  node_attrs: bool = False, conv: dict[str, Any] | None = None, head_hidden: int = 64,
                  self_loops: bool = True):

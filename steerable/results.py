@@ -1,0 +1,52 @@
+"""Collect finished runs (``metrics.json`` + ``.hydra/config.yaml``) into rows for result tables.
+
+Used by the scripts under ``experiments/`` that turn a multirun sweep into a Markdown table/plot.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def collect_runs(root: str | Path, keys: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per run dir under ``root`` that has a ``metrics.json``.
+
+    Args:
+        root: a run dir, a multirun sweep dir, or any folder above them.
+        keys: column name → dotted config key (e.g. ``{"group": "group.name"}``).
+
+    Returns:
+        Rows ``{column: value, ..., "metrics": {...}, "run_dir": str}`` sorted by run dir.
+    """
+    rows = []
+    for metrics_file in sorted(Path(root).rglob("metrics.json")):
+        run_dir = metrics_file.parent
+        config_file = run_dir / ".hydra" / "config.yaml"
+        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+        row = {column: _lookup(config, dotted) for column, dotted in keys.items()}
+        row["metrics"] = json.loads(metrics_file.read_text())
+        row["run_dir"] = str(run_dir)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub Markdown table; floats printed with 4 significant digits."""
+    def fmt(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else ("–" if value is None else str(value))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
