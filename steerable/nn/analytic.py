@@ -8,12 +8,39 @@ compare implicit against standard kernels with one override.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from contextlib import contextmanager
+
 import torch
 from escnn import nn as enn
+from escnn.kernels.wignereckart_solver import RestrictedWignerEckartBasis, WignerEckartBasis
 from escnn.nn import FieldType, GeometricTensor
 from torch import nn
 
 from steerable.groups import GroupSpec
+
+
+@contextmanager
+def _private_kernel_bases(gspace):
+    """Build escnn kernel bases that no other layer shares.
+
+    escnn caches kernel bases (torch modules holding tensors) in the gspace and in the Wigner–Eckart
+    solvers, even with ``recompute=True``. A layer built from the cache shares them, so casting it
+    (``.double()``) casts every layer of the same types, and the next construction of those types fails
+    (``Double did not match Float`` in escnn's cache lookup). Empty caches during construction, then restore.
+    """
+    solvers = (WignerEckartBasis, RestrictedWignerEckartBasis)
+    saved = [cls._cached_instances for cls in solvers]
+    memory = gspace._fields_intertwiners_basis_memory
+    try:
+        for cls in solvers:
+            cls._cached_instances = {}
+        gspace._fields_intertwiners_basis_memory = defaultdict(dict)
+        yield
+    finally:
+        for cls, cache in zip(solvers, saved):
+            cls._cached_instances = cache
+        gspace._fields_intertwiners_basis_memory = memory
 
 
 class AnalyticPointConv(nn.Module):
@@ -41,9 +68,24 @@ class AnalyticPointConv(nn.Module):
         self.group = group
         self.in_type, self.out_type = group.field_type(in_type), group.field_type(out_type)
         conv_cls = enn.R3PointConv if group.dim == 3 else enn.R2PointConv
-        # Note: escnn caches kernel bases (torch modules) across layers, so casting one analytic layer
-        # (e.g. .double()) changes the bases later layers are built from; keep analytic models in one dtype.
-        self.conv = conv_cls(self.in_type, self.out_type, width=width, n_rings=n_rings, bias=bias, recompute=True)
+        with _private_kernel_bases(group.gspace):
+            self.conv = conv_cls(self.in_type, self.out_type, width=width, n_rings=n_rings, bias=bias,
+                                 recompute=True)
+
+    def _apply(self, fn, recurse: bool = True):
+        # escnn's kernel-basis modules compare equal by value (torch.allclose on their tensors), and torch's
+        # recursive _apply de-duplicates submodules by equality: once one basis is cast, comparing it with an
+        # equal one still in the old dtype raises. Visit the escnn submodules by identity instead.
+        if not recurse:
+            return super()._apply(fn, recurse=False)
+        stack, seen = [self], set()
+        while stack:
+            module = stack.pop()
+            if id(module) not in seen:
+                seen.add(id(module))
+                module._apply(fn, recurse=False)
+                stack.extend(child for child in module._modules.values() if child is not None)
+        return self
 
     def train(self, mode: bool = True):
         # Not recursing into escnn's layer: in eval mode it registers an extra buffer, which would make
