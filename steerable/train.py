@@ -25,6 +25,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from steerable.checkpoint import StoreConfig, build, build_model_and_task
 from steerable.config_checks import ConfigError, check_config, check_override_choices, redact_secrets
+from steerable.io_utils import AtomicCheckpointIO
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -111,7 +112,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = build_callbacks(cfg, with_logger=bool(loggers))
     callbacks.append(StoreConfig(redact_secrets(resolved)))
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                                plugins=cluster_plugins())
+                                plugins=[*cluster_plugins(), AtomicCheckpointIO()])
     for logger in loggers:
         logger.log_hyperparams(redact_secrets(resolved))
 

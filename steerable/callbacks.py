@@ -1,0 +1,190 @@
+"""Callbacks that make a run survive being killed: reproducible data order, checkpoint on SIGTERM.
+
+- :class:`ReproducibleTrainOrder` makes the training data order and every random draw a function of
+  ``(seed, epoch, batch)`` / ``(seed, global_step)`` only, and makes the train loader resumable
+  mid-epoch, so a run resumed from any checkpoint continues exactly as the uninterrupted run would.
+- :class:`CheckpointOnSigterm` saves a checkpoint at the next batch boundary after SIGTERM (what
+  SLURM sends on preemption/time-out) and exits with status 143; Lightning on its own only stops
+  at the end of the epoch, which may be long after SLURM's grace period.
+
+Both are in ``conf/callbacks/default.yaml``; see DESIGN.md §4 (seeds) and issue 8.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from torch.utils.data import DataLoader, RandomSampler, Sampler
+
+log = logging.getLogger(__name__)
+
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+def mixed_seed(*parts: int | str) -> int:
+    """A 63-bit seed from a tuple of ints/strings (stable across processes and Python versions)."""
+    return zlib.crc32(repr(parts).encode()) | (zlib.adler32(repr(parts[::-1]).encode()) << 31)
+
+
+def reseed_global(seed: int) -> None:
+    """Seed the global torch, NumPy and ``random`` generators (what models and datasets draw from)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random permutation of ``range(n)`` that depends only on ``(seed, epoch)``; can skip batches.
+
+    At the first index of every batch it also reseeds the global generators from
+    ``(seed, epoch, batch)``, so random augmentations drawn while loading (``num_workers=0``)
+    are reproducible too.
+
+    Args:
+        n: dataset length.
+        batch_size: indices per batch (for the skip and the per-batch reseed).
+        seed: run seed.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch = 0
+        self._skip: dict[str, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch's iteration."""
+        self.epoch = epoch
+
+    def skip_next(self, epoch: int, batches: int) -> None:
+        """The next iteration, if it is for ``epoch``, starts after ``batches`` batches."""
+        self._skip = {"epoch": epoch, "batches": batches}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self._skip = self._skip, None
+        start = skip["batches"] * self.batch_size if skip and skip["epoch"] == self.epoch else 0
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
+            mixed_seed(self.seed, self.epoch, "order"))).tolist()
+        for position in range(start, self.n):
+            if position % self.batch_size == 0:
+                reseed_global(mixed_seed(self.seed, self.epoch, position // self.batch_size, "data"))
+            yield order[position]
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` with Lightning's ``state_dict``/``load_state_dict`` protocol.
+
+    The state is ``{"epoch", "batches"}`` — how far training got, read from the trainer (not from
+    the loader, whose workers may have fetched ahead); loading it makes the sampler skip those
+    batches on its next pass over that epoch.
+    """
+
+    progress: Callable[[], dict[str, int]]
+
+    def state_dict(self) -> dict[str, int]:
+        return self.progress()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.skip_next(state["epoch"], state["batches"])
+
+
+def resumable_copy(loader: DataLoader, seed: int, progress: Callable[[], dict[str, int]]) -> ResumableLoader:
+    """The same loader (dataset, collate, workers) with an :class:`EpochSeededSampler`."""
+    extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers > 0 else {}
+    copy = ResumableLoader(
+        loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last,
+        sampler=EpochSeededSampler(len(loader.dataset), loader.batch_size, seed),
+        collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn, persistent_workers=loader.persistent_workers, **extra)
+    copy.progress = progress
+    return copy
+
+
+class ReproducibleTrainOrder(pl.Callback):
+    """Data order and randomness as pure functions of the seed and the training position.
+
+    - The shuffled train loader of the datamodule is replaced by a :class:`ResumableLoader`: epoch
+      ``e`` visits a permutation seeded by ``(seed, e)``; resuming mid-epoch skips the batches the
+      checkpoint already trained on.
+    - Before every training step the global generators are reseeded from ``(seed, global_step)``
+      (dropout, random rotations inside the model…).
+
+    So a run killed at any step and resumed from its last checkpoint ends with the same weights and
+    metrics as an uninterrupted run (on CPU; GPU kernels may be non-deterministic). Loaders that do
+    not shuffle, loaders passed to ``fit`` directly and multi-process (DDP) runs are left alone.
+    Augmentations drawn inside DataLoader *worker processes* are not covered.
+
+    Args:
+        seed: the run seed (``${seed}``).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._trainer: pl.Trainer | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if stage != "fit" or datamodule is None or trainer.world_size > 1:
+            return
+        self._trainer = trainer
+        original = datamodule.train_dataloader
+        if getattr(original, "_reproducible", False):
+            return
+
+        def train_dataloader() -> DataLoader:
+            loader = original()
+            if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler):
+                return resumable_copy(loader, self.seed, self.progress)
+            log.warning("ReproducibleTrainOrder: train loader %r does not shuffle; left as is", loader)
+            return loader
+
+        train_dataloader._reproducible = True
+        datamodule.train_dataloader = train_dataloader
+
+    def progress(self) -> dict[str, int]:
+        """Current epoch and batches trained on in it (what a checkpoint written now has seen)."""
+        trainer = self._trainer
+        return {"epoch": trainer.current_epoch,
+                "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        reseed_global(mixed_seed(self.seed, trainer.global_step, "step"))
+
+
+class CheckpointOnSigterm(pl.Callback):
+    """On SIGTERM, save ``path`` at the end of the current training batch and exit with status 143.
+
+    Lightning records SIGTERM (``trainer.received_sigterm``) but, in a single process, only stops
+    after the epoch. Validation interrupted by SIGTERM is not saved (the last periodic checkpoint
+    stands). Under SLURM with auto-requeue Lightning's own USR2 handler requeues the job; the
+    requeued job resumes from ``path`` with ``resume=auto``.
+
+    Args:
+        path: checkpoint file to write (``${paths.output_dir}/checkpoints/last.ckpt``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not trainer.received_sigterm:
+            return
+        # the batch is done, but its progress counter is bumped after this hook: mirror what
+        # ModelCheckpoint's own on_train_batch_end saves, which Lightning resumes correctly
+        trainer.save_checkpoint(self.path)
+        log.warning("SIGTERM: saved %s at global step %d; exiting", self.path, trainer.global_step)
+        raise SIGTERMException(SIGTERM_EXIT_CODE)
