@@ -18,6 +18,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
@@ -51,7 +52,7 @@ def configure_wandb(cfg: DictConfig) -> None:
             wandb_cfg.offline = "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY")
         if wandb_cfg.get("group") is None and HydraConfig.initialized():
             hydra_cfg = HydraConfig.get()
-            if hydra_cfg.mode.name == "MULTIRUN":
+            if hydra_cfg.mode == RunMode.MULTIRUN:
                 wandb_cfg.group = Path(hydra_cfg.sweep.dir).name
 
 

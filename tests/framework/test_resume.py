@@ -1,0 +1,170 @@
+"""Kill a run mid-epoch, resume it, and get exactly the metrics of the uninterrupted run (issue 8).
+
+Fast: in-process, SIGTERM sent to ourselves at a chosen step (the run saves and exits 143), then
+``resume=auto``. Slow: a real ``python -m steerable.train`` subprocess killed with SIGTERM or
+SIGKILL once its periodic checkpoint passes a step, resumed in the same run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from helpers.runs import FAST, SEARCHPATH, compose_run
+
+from steerable.callbacks import SIGTERM_EXIT_CODE, EpochSeededSampler
+from steerable.train import train
+
+# 32 training clouds / batch 8 = 4 steps per epoch, 3 epochs; step checkpoints every 2 steps
+SMOKE = ["experiment=smoke", *FAST, "dataset.num_samples=40", "trainer.max_epochs=3",
+         "callbacks.step_checkpoint.every_n_train_steps=2"]
+
+
+class SigtermAt(pl.Callback):
+    """Test helper: send SIGTERM to this process after optimiser step ``step`` (mid-epoch)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "no SIGTERM handler"
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def assert_same_run(resumed: dict[str, float], reference: dict[str, float], resumed_dir: Path,
+                    reference_dir: Path) -> None:
+    """Same val/test metrics (CPU float tolerance) and the same final weights."""
+    keys = {k for k in reference if k.startswith(("val/", "test/"))}
+    assert keys and keys <= set(resumed)
+    assert {k: resumed[k] for k in keys} == pytest.approx({k: reference[k] for k in keys}, rel=1e-6, abs=1e-9)
+    a, b = final_weights(resumed_dir), final_weights(reference_dir)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-8, msg=name)
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch():
+    sampler = EpochSeededSampler(10, batch_size=3, seed=1)
+    first = list(sampler)
+    assert sorted(first) == list(range(10)) and list(sampler) == first
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first
+    sampler.skip_next(epoch=1, batches=2)
+    assert list(sampler) == second[6:]
+    assert list(sampler) == second  # the skip applies once
+    sampler.skip_next(epoch=0, batches=2)
+    assert list(sampler) == second  # ... and only to its own epoch
+    assert list(EpochSeededSampler(10, 3, seed=2)) != first
+
+
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    reference = train(compose_run(SMOKE, reference_dir))
+
+    kill = [f"+callbacks.kill._target_={__name__}.SigtermAt", "+callbacks.kill.step=6"]
+    with pytest.raises(SystemExit) as exit_info:  # step 6 = batch 2 of epoch 1
+        train(compose_run([*SMOKE, *kill], run_dir))
+    assert exit_info.value.code == SIGTERM_EXIT_CODE
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (saved["global_step"], saved["epoch"]) == (6, 1)
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = train(compose_run(SMOKE, run_dir))  # resume=auto finds checkpoints/last.ckpt
+    assert_same_run(resumed, reference, run_dir, reference_dir)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+
+
+def test_resume_without_reproducible_order_would_differ(tmp_path):
+    """The check above has teeth: without the callback the resumed run does not match."""
+    off = ["callbacks.train_order=null"]
+    reference = train(compose_run([*SMOKE, *off], tmp_path / "reference"))
+    kill = [f"+callbacks.kill._target_={__name__}.SigtermAt", "+callbacks.kill.step=6"]
+    with pytest.raises(SystemExit):
+        train(compose_run([*SMOKE, *off, *kill], tmp_path / "run"))
+    resumed = train(compose_run([*SMOKE, *off], tmp_path / "run"))
+    assert resumed["val/mae"] != pytest.approx(reference["val/mae"], rel=1e-6)
+
+
+# --- real subprocesses --------------------------------------------------------------------------
+
+# 320 training clouds / batch 8 = 40 steps per epoch; checkpoint every 5 steps; kill past step 45
+CLI = ["experiment=smoke", "dataset.num_samples=400", "trainer.max_epochs=3", "logger=csv",
+       "callbacks.progress_bar=null", "callbacks.step_checkpoint.every_n_train_steps=5"]
+KILL_AFTER_STEP = 45
+
+
+def cli(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "steerable.train", SEARCHPATH, *CLI, f"hydra.run.dir={run_dir}", *extra]
+
+
+def cli_env(root: Path) -> dict[str, str]:
+    env = {**os.environ, "WANDB_MODE": "offline", "STEERABLE_ROOT": str(root)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["global_step"])
+    except (FileNotFoundError, RuntimeError, EOFError):  # not there yet
+        return -1
+
+
+def kill_after(run_dir: Path, sig: signal.Signals, root: Path, timeout: float = 400) -> int:
+    """Start a training subprocess, send ``sig`` once last.ckpt is past KILL_AFTER_STEP; its exit code."""
+    log = (root / f"{run_dir.name}.log").open("w")
+    proc = subprocess.Popen(cli(run_dir), cwd=root, env=cli_env(root), stdout=log, stderr=subprocess.STDOUT)
+    last, deadline = run_dir / "checkpoints" / "last.ckpt", time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if checkpoint_step(last) >= KILL_AFTER_STEP:
+                proc.send_signal(sig)
+                break
+            time.sleep(0.05)
+        return proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+def run_to_end(run_dir: Path, root: Path, *extra: str) -> dict[str, float]:
+    result = subprocess.run(cli(run_dir, *extra), cwd=root, env=cli_env(root), capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    root = tmp_path_factory.mktemp("resume_cli")
+    return root / "reference", run_to_end(root / "reference", root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "resume"), [
+    (signal.SIGTERM, SIGTERM_EXIT_CODE, "resume=auto"),
+    (signal.SIGKILL, -signal.SIGKILL, "ckpt_path=last"),
+])
+def test_killed_subprocess_resumes_to_the_same_metrics(uninterrupted, tmp_path, sig, code, resume):
+    reference_dir, reference = uninterrupted
+    run_dir = tmp_path / "run"
+    assert kill_after(run_dir, sig, tmp_path) == code, (tmp_path / "run.log").read_text()[-3000:]
+    step = checkpoint_step(run_dir / "checkpoints" / "last.ckpt")
+    assert KILL_AFTER_STEP <= step < 120 and not (run_dir / "metrics.json").exists()
+    resumed = run_to_end(run_dir, tmp_path, resume)
+    assert_same_run(resumed, reference, run_dir, reference_dir)
