@@ -168,10 +168,10 @@ class QM9DataModule(pl.LightningDataModule):
         pol = polarizability_matrix(cache["polarizability"].numpy())
         if TENSOR_TARGET in self.targets:  # qm9pack gives it in a principal-axes frame, not pos's
             z, pos = cache["z"].numpy(), cache["pos"].double().numpy()
-            pol, remapped = to_coordinate_frame(pol, z, pos, cache["atom_ptr"].numpy())
-            self._summary["polarizability_symmetric_tops_rematched"] = (
-                self._summary.get("polarizability_symmetric_tops_rematched", 0) + remapped
-            )
+            pol, frame_counts = to_coordinate_frame(pol, z, pos, cache["atom_ptr"].numpy())
+            for name, count in frame_counts.items():
+                key = f"polarizability_{name}"
+                self._summary[key] = self._summary.get(key, 0) + count
         y = compute_targets(self.targets, cache["props"].numpy(), pol, counts, self.atomization)
         return torch.from_numpy(y).float()
 

@@ -201,6 +201,19 @@ def test_polarizability_frame_planar_molecules(raw, rotated):
     np.testing.assert_allclose(tensors[_row(raw, "C#C")] @ axis, 27.863 * axis, atol=2e-3)
 
 
+def test_polarizability_frame_is_rotation_equivariant(raw):
+    """Rotating the coordinates rotates the recovered tensor: A(R·pos) = R A(pos) Rᵀ."""
+    m = 500
+    ptr = raw.atom_ptr[: m + 1]
+    tensors = polarizability_matrix(raw.polarizability[:m])
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))[0].numpy()
+    rotation *= np.linalg.det(rotation)  # proper
+    pos = raw.pos[: ptr[-1]]
+    before, _ = to_coordinate_frame(tensors, raw.z[: ptr[-1]], pos, ptr)
+    after, _ = to_coordinate_frame(tensors, raw.z[: ptr[-1]], pos @ rotation.T, ptr)
+    np.testing.assert_allclose(after, rotation @ before @ rotation.T, atol=5e-3)
+
+
 def test_polarizability_frame_matches_bond_directions(raw, rotated):
     """Anisotropy follows bond directions (cosine ~0.36 on average) only in the rotated frame."""
     raw_tensors, tensors = rotated
@@ -237,6 +250,7 @@ def test_datamodule_batches(dm):
     summary = dm.summary()
     for method in qm9_bonds.METHODS:
         assert f"bonds_by_{method}" in summary
+    assert "polarizability_mirror_sign_guessed" in summary
     mean = dm.datasets["train"].y.mean(0)
     torch.testing.assert_close(dm.target_mean[:3], mean[:3])
 
