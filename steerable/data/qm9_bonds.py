@@ -8,7 +8,8 @@ Order of attempts for one molecule (the method code is stored per molecule):
    strained cages (e.g. ``CC12CC(O1)C2=O``, ~4 % of QM9) at any ``covFactor``; Hückel recovers the
    SMILES for them, at ~5 ms instead of ~0.1 ms per molecule.
 2. ``DetermineConnectivity`` + ``AssignBondOrdersFromTemplate(AddHs(MolFromSmiles(smiles)), mol)``,
-   when a SMILES is known.
+   when a SMILES is known — also when 0/1 succeeded but disagree with the SMILES and the template
+   reproduces it (QM9's ~440 zwitterions: charge-0 perception returns a neutral resonance form).
 3. Covalent-radius connectivity (``d ≤ 1.3 (r_i + r_j)``, Cordero radii), every bond "single".
 
 Bond types are integers: 0 single, 1 double, 2 triple, 3 aromatic (see :data:`BOND_TYPES`).
@@ -121,6 +122,14 @@ def perceive_bonds(z: np.ndarray, pos: np.ndarray, smiles: str | None = None) ->
     z = np.asarray(z)
     pos = np.asarray(pos, dtype=np.float64)
     block = xyz_block(z, pos)
+    reference = Chem.MolFromSmiles(smiles) if smiles else None
+
+    def matches(candidate: Chem.Mol) -> bool:
+        try:
+            return _canonical(candidate) == _canonical(reference)
+        except Exception:
+            return False
+
     mol, method = None, len(METHODS) - 1
     for method_id, hueckel in ((0, False), (1, True)):
         try:
@@ -131,19 +140,16 @@ def perceive_bonds(z: np.ndarray, pos: np.ndarray, smiles: str | None = None) ->
             break
         except Exception:  # RDKit raises several exception types (ValueError, RuntimeError, …)
             continue
-    if mol is None and smiles:
+    if reference is not None and (mol is None or not matches(mol)):
+        # perception failed, or gave another Lewis structure (zwitterions: charge-0 perception
+        # yields a neutral resonance form); the SMILES' bond orders win if its graph fits
         try:
-            mol, method = _from_template(block, smiles), 2
+            candidate = _from_template(block, smiles)
+            if mol is None or matches(candidate):
+                mol, method = candidate, 2
         except Exception:
-            mol = None
+            pass
     if mol is None:
         return covalent_bonds(z, pos), 3, -1
-    match = -1
-    if smiles:
-        reference = Chem.MolFromSmiles(smiles)
-        if reference is not None:
-            try:
-                match = int(_canonical(mol) == _canonical(reference))
-            except Exception:
-                match = 0
+    match = int(matches(mol)) if reference is not None else -1
     return bonds_of_mol(mol), method, match

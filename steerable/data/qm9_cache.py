@@ -27,7 +27,7 @@ from steerable.data.qm9_raw import QM9Raw, qm9pack_version
 log = logging.getLogger(__name__)
 
 #: Bump when processing changes what the cache holds or how it is computed.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def rows_key(rows: np.ndarray, total: int) -> str:

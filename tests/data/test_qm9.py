@@ -103,6 +103,14 @@ def test_hueckel_fallback_on_strained_cage(raw):
     assert qm9_bonds.METHODS[method] == "determine_bonds_hueckel" and match == 1
 
 
+def test_zwitterion_takes_bond_orders_from_smiles(raw):
+    smiles = "C[NH+]=C(N)C([O-])=O"  # charge-0 perception finds a neutral resonance form instead
+    z, pos = _molecule(raw, _row(raw, smiles))
+    bonds, method, match = qm9_bonds.perceive_bonds(z, pos, smiles)
+    assert qm9_bonds.METHODS[method] == "smiles_template" and match == 1
+    assert _bond_types(bonds, z > 1) == [SINGLE] * 4 + [DOUBLE] * 2  # C=[NH+], C=O
+
+
 def test_last_fallback_is_covalent_single_bonds(raw, monkeypatch):
     def fail(*args, **kwargs):
         raise ValueError("forced failure")
