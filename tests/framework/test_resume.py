@@ -29,13 +29,16 @@ SMOKE = ["experiment=smoke", *FAST, "dataset.num_samples=40", "trainer.max_epoch
 
 
 class SigtermAt(pl.Callback):
-    """Test helper: send SIGTERM to this process after optimiser step ``step`` (mid-epoch)."""
+    """Test helper: send SIGTERM to this process during optimiser step ``step`` (counting from 1).
+
+    The signal arrives while the batch runs, as a real one would; the run saves after that step.
+    """
 
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step + 1 == self.step:
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "no SIGTERM handler"
             os.kill(os.getpid(), signal.SIGTERM)
 
