@@ -64,9 +64,11 @@ def _parse_vertices(path, lines, nv: int) -> np.ndarray:
     tokens = " ".join(line for _, line in lines).split()
     if len(tokens) == 3 * nv:  # fast path: exactly x y z per line
         try:
-            return np.asarray(tokens, dtype=np.float64).reshape(nv, 3)
+            fast = np.asarray(tokens, dtype=np.float64).reshape(nv, 3)
         except ValueError:
-            pass
+            fast = None
+        if fast is not None:
+            return _check_finite(path, lines, fast)
     verts = np.empty((nv, 3), dtype=np.float64)
     for i, (lineno, line) in enumerate(lines):
         parts = line.split()
@@ -76,6 +78,15 @@ def _parse_vertices(path, lines, nv: int) -> np.ndarray:
             verts[i] = [float(p) for p in parts[:3]]
         except ValueError:
             _fail(path, lineno, f"vertex {i} has non-numeric coordinates {line!r}")
+    return _check_finite(path, lines, verts)
+
+
+def _check_finite(path, lines, verts: np.ndarray) -> np.ndarray:
+    """``verts`` if every coordinate is finite, else fail naming the first bad vertex's line."""
+    bad = ~np.isfinite(verts).all(axis=1)
+    if bad.any():
+        i = int(bad.argmax())
+        _fail(path, lines[i][0], f"vertex {i} has non-finite coordinates {lines[i][1]!r}")
     return verts
 
 

@@ -73,13 +73,20 @@ def read_hdf5(directory: Path, split: str, use_normals: bool = False) -> CloudSe
                                 f"{missing or 'no ply_data_' + split + '*.h5'}")
     points, normals, labels, ids = [], [], [], []
     for f in files:
-        with h5py.File(f, "r") as h5:
+        try:
+            h5 = h5py.File(f, "r")
+        except OSError as err:
+            raise ValueError(f"{f}: not a readable HDF5 file ({err})") from None
+        with h5:
             for key in ("data", "label"):
                 if key not in h5:
                     raise ValueError(f"{f}: missing dataset {key!r} (has {sorted(h5.keys())})")
             if use_normals and "normal" not in h5:
                 raise ValueError(f"{f}: use_normals=True but the file has no 'normal' dataset")
             points.append(torch.from_numpy(np.asarray(h5["data"][..., :3], dtype=np.float32)))
+            bad = (~torch.isfinite(points[-1]).flatten(1).all(dim=1)).nonzero().flatten().tolist()
+            if bad:
+                raise ValueError(f"{f}: dataset 'data' has NaN/inf coordinates in rows {bad[:10]}")
             labels.append(torch.from_numpy(np.asarray(h5["label"]).reshape(-1).astype(np.int64)))
             if use_normals:
                 normals.append(torch.from_numpy(np.asarray(h5["normal"][..., :3], dtype=np.float32)))

@@ -105,3 +105,27 @@ def add_self_loops(edge_index: torch.Tensor, num_nodes: int, edge_attr: torch.Te
     if edge_attr is not None:
         edge_attr = torch.cat([edge_attr, edge_attr.new_zeros(num_nodes, edge_attr.shape[1])], dim=0)
     return edge_index, edge_attr
+
+
+def check_batch(batch) -> None:
+    """Reject inputs no model can use, with a message naming the graphs: no points, a graph without
+    points, NaN/inf coordinates (they would otherwise turn every output into NaN, silently).
+
+    Costs one reduction and one host sync per call. ``batch.pos: (N, d)``, optional ``batch.batch: (N,)``.
+    """
+    pos = batch.pos
+    if pos.shape[0] == 0:
+        raise ValueError("empty batch: no points (every molecule/point cloud needs at least one point)")
+    index = getattr(batch, "batch", None)
+    if index is None:
+        index = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+    num_graphs = int(getattr(batch, "num_graphs", None) or 1)
+    finite = torch.isfinite(pos).all(dim=-1)
+    counts = torch.bincount(index, minlength=num_graphs)
+    if bool((~finite).any() | (counts == 0).any()):
+        bad = index[~finite].unique().tolist()
+        if bad:
+            raise ValueError(f"NaN/inf coordinates in graph(s) {bad[:10]} of the batch "
+                             f"({int((~finite).sum())} of {pos.shape[0]} points)")
+        empty = (counts == 0).nonzero().flatten().tolist()
+        raise ValueError(f"graph(s) {empty[:10]} of the batch have no points")

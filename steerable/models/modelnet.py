@@ -15,7 +15,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from steerable.groups import build_group
-from steerable.models.blocks import InvariantMap, SteerableBlock, mlp
+from steerable.models.blocks import InvariantMap, SteerableBlock, check_batch, mlp
 from steerable.models.qm9 import natural_parity_spec
 from steerable.nn.graph import farthest_point_sampling, knn_bipartite, random_sampling
 
@@ -72,6 +72,7 @@ class ModelNetModel(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         """``batch → (B, num_classes)`` logits, invariant under the group."""
+        check_batch(batch)
         pos = batch.pos
         index = getattr(batch, "batch", None)
         if index is None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from steerable.groups import build_group
-from steerable.models.blocks import SteerableBlock, add_self_loops, build_point_conv
+from steerable.models.blocks import SteerableBlock, add_self_loops, build_point_conv, check_batch
 from steerable.models.qm9 import natural_parity_spec
 
 
@@ -55,6 +55,7 @@ class NBodyModel(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         """``batch → (N, 3)`` predicted positions."""
+        check_batch(batch)
         pos = batch.pos
         edge_attr = batch.edge_attr if self.edge_attrs else None
         edge_index, edge_attr = add_self_loops(batch.edge_index, pos.shape[0], edge_attr)

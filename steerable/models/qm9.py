@@ -14,10 +14,11 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
+from steerable.data.mol_graph import num_bond_types as bond_classes
 from steerable.groups import build_group
 from steerable.kernels.implicit import band_limited_spec
 from steerable.kernels.linear import EquivariantLinear
-from steerable.models.blocks import InvariantMap, SteerableBlock, add_self_loops, mlp
+from steerable.models.blocks import InvariantMap, SteerableBlock, add_self_loops, check_batch, mlp
 
 
 def natural_parity_spec(channels: int, band_limit: int, dim: int = 3) -> str:
@@ -34,7 +35,9 @@ class QM9Model(nn.Module):
         group: group config (``name``, optional ``N``, ``maximum_frequency``), see ``conf/group``.
         targets: target names (T of them); ``[polarizability_tensor]`` switches to the tensor output.
         num_atom_types: size of the atom one-hot ``x``.
-        num_bond_types: size of the bond one-hot ``edge_attr``.
+        num_bond_types: size of the bond one-hot ``edge_attr``; ``None``: derived from ``graph``
+            (4 bond classes, plus "no bond" for radius/full graphs).
+        graph: the dataset's graph kind (``bonds``, ``radius``, ``full``).
         kernel: ``implicit`` or ``analytic``.
         num_features, band_limit: feature type ``num_features × (0e ⊕ 1o ⊕ …)``; ``feature_spec`` overrides.
         num_blocks: residual blocks (two steerable blocks each).
@@ -51,7 +54,7 @@ class QM9Model(nn.Module):
     vector_inputs: tuple[str, ...] = ()
 
     def __init__(self, group: dict, targets: list[str] | tuple[str, ...] = ("homo",), num_atom_types: int = 5,
-                 num_bond_types: int = 4,
+                 num_bond_types: int | None = None, graph: str = "bonds",
                  kernel: Literal["implicit", "analytic"] = "implicit", num_features: int = 8, band_limit: int = 1,
                  feature_spec: str | None = None, num_blocks: int = 4, edge_attrs: bool = False,
                  node_attrs: bool = False, conv: dict[str, Any] | None = None, head_hidden: int = 64,
@@ -62,6 +65,8 @@ class QM9Model(nn.Module):
         if output == "polarizability_tensor" and len(targets) > 1:
             raise ValueError("polarizability_tensor is an equivariant target; train it alone (targets: [polarizability_tensor])")
         num_targets = len(targets)
+        if num_bond_types is None:
+            num_bond_types = bond_classes(graph)
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
         self.edge_attrs, self.node_attrs, self.output, self.self_loops = edge_attrs, node_attrs, output, self_loops
@@ -86,6 +91,7 @@ class QM9Model(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         """``batch → (B, T)`` scalars or ``(B, 9)`` symmetric tensors (invariant / equivariant)."""
+        check_batch(batch)
         pos, edge_index = batch.pos, batch.edge_index
         edge_attr = batch.edge_attr if self.edge_attrs else None
         if self.self_loops:
