@@ -176,6 +176,21 @@ def test_duplicate_points_are_finite(path):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
+def test_self_loops_do_not_perturb_position_gradients():
+    """A self-loop's relative vector is identically zero, so it adds exactly nothing to ∂out/∂pos."""
+    conv = ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e+1x1o", aggr="add", batch_norm=False, **SMALL)
+    x, pos, edge_index = random_point_inputs(conv.in_type)
+    edge_index = edge_index[:, edge_index[0] != edge_index[1]]
+    loops = torch.arange(20).repeat(2, 1)
+    weights = torch.randn(20, conv.out_type.size)
+    grads = []
+    for edges in (edge_index, torch.cat([edge_index, loops, loops], dim=1)):
+        p = pos.clone().requires_grad_(True)
+        (conv(x, p, edges) * weights).sum().backward()  # linear in the messages: loop terms have no pos
+        grads.append(p.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
 def test_vector_field_positions_roundtrip():
     """A 2-D conv mapping scalars to vectors: the output rotates with the plane (sanity for dim=2 specs)."""
     conv = ImplicitPointConv(group("so2", 2), "1x0e", vector_spec(2), **SMALL)
