@@ -7,6 +7,7 @@ SIGKILL once its periodic checkpoint passes a step, resumed in the same run dir.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -26,6 +27,9 @@ from steerable.train import train
 # 32 training clouds / batch 8 = 4 steps per epoch, 3 epochs; step checkpoints every 2 steps
 SMOKE = ["experiment=smoke", *FAST, "dataset.num_samples=40", "trainer.max_epochs=3",
          "callbacks.step_checkpoint.every_n_train_steps=2"]
+# the same with the resumable CSV logger instead of no logger
+SMOKE_CSV = [("logger=csv" if o == "logger=none" else o) for o in SMOKE] + [
+    "logger.csv._target_=steerable.csv_logger.ResumableCSVLogger"]
 
 
 class SigtermAt(pl.Callback):
@@ -74,21 +78,31 @@ def test_sampler_order_is_a_function_of_seed_and_epoch():
     assert list(EpochSeededSampler(10, 3, seed=2)) != first
 
 
+def csv_history(run_dir: Path) -> list[tuple[str, str, str]]:
+    """``(epoch, step, val/mae)`` rows of the run's CSV log."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
+        return [(r["epoch"], r["step"], r["val/mae"]) for r in csv.DictReader(handle) if r.get("val/mae")]
+
+
 def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
-    reference = train(compose_run(SMOKE, reference_dir))
+    reference = train(compose_run(SMOKE_CSV, reference_dir))
 
     kill = [f"+callbacks.kill._target_={__name__}.SigtermAt", "+callbacks.kill.step=6"]
     with pytest.raises(SystemExit) as exit_info:  # step 6 = batch 2 of epoch 1
-        train(compose_run([*SMOKE, *kill], run_dir))
+        train(compose_run([*SMOKE_CSV, *kill], run_dir))
     assert exit_info.value.code == SIGTERM_EXIT_CODE
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (saved["global_step"], saved["epoch"]) == (6, 1)
     assert not (run_dir / "metrics.json").exists()
 
-    resumed = train(compose_run(SMOKE, run_dir))  # resume=auto finds checkpoints/last.ckpt
+    resumed = train(compose_run(SMOKE_CSV, run_dir))  # resume=auto finds checkpoints/last.ckpt
     assert_same_run(resumed, reference, run_dir, reference_dir)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+    # the learning curves of the whole run survive the resume (epoch 0 was logged before the kill)
+    history = csv_history(run_dir)
+    assert [epoch for epoch, _, _ in history] == ["0", "1", "2"]
+    assert history == csv_history(reference_dir)
 
 
 def test_resume_without_reproducible_order_would_differ(tmp_path):
@@ -171,3 +185,19 @@ def test_killed_subprocess_resumes_to_the_same_metrics(uninterrupted, tmp_path, 
     assert KILL_AFTER_STEP <= step < 120 and not (run_dir / "metrics.json").exists()
     resumed = run_to_end(run_dir, tmp_path, resume)
     assert_same_run(resumed, reference, run_dir, reference_dir)
+
+
+def test_resumable_csv_logger_keeps_history_and_drops_lost_steps(tmp_path):
+    from steerable.csv_logger import ResumableCSVLogger
+
+    first = ResumableCSVLogger(tmp_path, name="csv", version="")
+    for step in range(6):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    first.save()
+    resumed = ResumableCSVLogger(tmp_path, name="csv", version="")  # killed after step 5, checkpoint at 3
+    resumed.log_metrics({"train/loss": 30.0, "val/mae": 1.0}, step=4)
+    resumed.save()
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as handle:
+        rows = [(r["step"], r["train/loss"], r["val/mae"]) for r in csv.DictReader(handle)]
+    kept = [(str(step), f"{step}.0", "") for step in range(4)]
+    assert rows == [*kept, ("4", "30.0", "1.0")]
