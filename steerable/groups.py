@@ -223,10 +223,33 @@ def _build(name: str, dim: int, N: int | None, maximum_frequency: int) -> GroupS
         # escnn re-centres the flip axis of planar gspaces (id (0., N) → (π, N)); representations must
         # be restricted along the same embedding as the gspace's action on the plane.
         sg_id = space._sg_id
+    _instantiate_irreps(space.fibergroup, 3 * maximum_frequency)
     spec = GroupSpec(name=name, dim=dim, sg_id=sg_id, ambient=ambient, gspace=space,
                      fiber=gspaces.no_base_space(space.fibergroup), std_rep=space.basespace_action)
     spec._parents[spec.std_rep.name] = ambient.basespace_action
     return spec
+
+
+def _irrep_ids(group, band_limit: int) -> list:
+    return list(group.bl_irreps(band_limit)) if group.continuous else [psi.id for psi in group.irreps()]
+
+
+def _instantiate_irreps(group, band_limit: int) -> None:
+    """Build the irreps of a continuous G up to ``band_limit`` ahead of use.
+
+    escnn decomposes tensor products only into irreps that already exist; restricted planar groups start
+    with few, so e.g. a 2e → 2e kernel (Hom frequency 4) on o2/cone/cyl raised InsufficientIrrepsException
+    when the kernel MLP's hidden frequency-1 fields met it.
+    """
+    if not group.continuous:
+        return
+    if hasattr(group, "G1") and hasattr(group, "G2"):  # direct products, e.g. cyl = C2 × SO(2)
+        for id1 in _irrep_ids(group.G1, band_limit):
+            for id2 in _irrep_ids(group.G2, band_limit):
+                group.irrep(id1, id2)
+    else:
+        for irrep_id in group.bl_irreps(band_limit):
+            group.irrep(*irrep_id)
 
 
 def build_group(name: str, dim: int = 3, N: int | None = None, maximum_frequency: int = 4,

@@ -60,6 +60,16 @@ def test_mixed_types_o3(kernel, nonlinearity):
     assert_equivariant_point_module(conv, x, pos, edge_index)
 
 
+@pytest.mark.parametrize("param", [("cone", 3), ("o2", 3), ("cyl", 3), ("fullcyl", 3), ("o2", 2)],
+                         ids=group_id)
+def test_high_frequency_hom_on_planar_groups(param):
+    """2e → 2e kernels need Hom frequency 4 ⊗ hidden frequency 1: irreps escnn must have instantiated."""
+    spec = "1x2e" if param[1] == 3 else "1x2"
+    conv = ImplicitPointConv(group(*param), spec, spec, **SMALL)
+    x, pos, edge_index = random_point_inputs(conv.in_type)
+    assert_equivariant_point_module(conv, x, pos, edge_index)
+
+
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("name, spec_in, spec_out", [("octa", "1xregular", "1x0e+1x1o"),
                                                      ("dn", "1x0e+1x1o", "2xregular")])
