@@ -139,9 +139,8 @@ class ReproducibleTrainOrder(pl.Callback):
         if stage != "fit" or datamodule is None or trainer.world_size > 1:
             return
         self._trainer = trainer
-        original = datamodule.train_dataloader
-        if getattr(original, "_reproducible", False):
-            return
+        # a datamodule reused by another trainer is re-wrapped around its own method, not our wrapper
+        original = getattr(datamodule.train_dataloader, "_original", datamodule.train_dataloader)
 
         def train_dataloader() -> DataLoader:
             loader = original()
@@ -150,7 +149,7 @@ class ReproducibleTrainOrder(pl.Callback):
             log.warning("ReproducibleTrainOrder: train loader %r does not shuffle; left as is", loader)
             return loader
 
-        train_dataloader._reproducible = True
+        train_dataloader._original = original
         datamodule.train_dataloader = train_dataloader
 
     def progress(self) -> dict[str, int]:

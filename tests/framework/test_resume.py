@@ -201,3 +201,20 @@ def test_resumable_csv_logger_keeps_history_and_drops_lost_steps(tmp_path):
         rows = [(r["step"], r["train/loss"], r["val/mae"]) for r in csv.DictReader(handle)]
     kept = [(str(step), f"{step}.0", "") for step in range(4)]
     assert rows == [*kept, ("4", "30.0", "1.0")]
+
+
+def test_train_loader_is_replaced_once_per_trainer():
+    from types import SimpleNamespace
+
+    from steerable.callbacks import ReproducibleTrainOrder, ResumableLoader
+    from steerable.data.synthetic import SyntheticPointCloudDataModule
+
+    datamodule = SyntheticPointCloudDataModule(num_samples=20, batch_size=4)
+    datamodule.setup()
+    first, second = ReproducibleTrainOrder(seed=1), ReproducibleTrainOrder(seed=2)
+    for callback in (first, second):
+        callback.setup(SimpleNamespace(datamodule=datamodule, world_size=1), None, "fit")
+    loader = datamodule.train_dataloader()
+    assert isinstance(loader, ResumableLoader) and loader.sampler.seed == 2
+    assert loader.progress.__self__ is second and len(list(loader)) == 4
+    assert not isinstance(datamodule.val_dataloader(), ResumableLoader)
