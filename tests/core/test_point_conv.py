@@ -207,3 +207,17 @@ def test_vector_field_positions_roundtrip():
     x, pos, edge_index = random_point_inputs(conv.in_type)
     assert conv(x, pos, edge_index).shape == (20, 2)
     assert_equivariant_point_module(conv, x, pos, edge_index)
+
+
+def test_check_cli_table(capsys):
+    """``python -m steerable.check`` prints one row per group and exits 0 below tolerance, 1 above."""
+    from steerable.check import main
+
+    assert main(["group=flip", "dim=2", "n_elements=2"]) == 0
+    out = capsys.readouterr().out
+    assert "implicit-gated f32" in out and "analytic f64" in out and "\nflip " in out
+    assert main(["group=flip", "dim=2", "n_elements=2", "tol=0"]) == 1  # analytic f32 error > 0 for flip
+    with pytest.raises(SystemExit):
+        main(["group=nonsense"])
+    with pytest.raises(SystemExit):
+        main(["colour=red"])
