@@ -168,3 +168,45 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def format_models(models: list[dict]) -> str:
+    """Markdown table of whole-model throughput (graphs/s), node-wise vs reference."""
+    head = ("| model | batch | reference train/s | nodewise train/s | train × | reference infer/s | "
+            "nodewise infer/s | infer × | ref MB | nodewise MB | mem ratio |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for m in models:
+        if "skip" in m:
+            rows.append(f"| {m['model']} | skipped: {m['skip']} |" + " |" * (head.count("|") - 3))
+            continue
+        ref, nw = m["reference"], m["nodewise"]
+        rows.append("| " + " | ".join([
+            m["model"], f"{ref['graphs']}×{ref['points_per_graph']}",
+            f"{ref['train_graphs_per_s']:.2f}", f"{nw['train_graphs_per_s']:.2f}",
+            f"{m['train_speedup']:.2f}×", f"{ref['infer_graphs_per_s']:.2f}",
+            f"{nw['infer_graphs_per_s']:.2f}", f"{m['infer_speedup']:.2f}×",
+            f"{ref['train_peak_mb']:.0f}", f"{nw['train_peak_mb']:.0f}", f"{m['memory_ratio']:.1f}×"]) + " |")
+    return "\n".join(rows)
+
+
+def markdown(report: dict) -> str:
+    """The results section of ``experiments/bench/README.md`` from a bench JSON report."""
+    parts = [format_table(report["summary"])]
+    slopes = report.get("memory_slope", {})
+    if "nodewise" in slopes:
+        parts.append("Memory slope over the sweep (least squares, peak MB vs E): " + ", ".join(
+            f"{v} **{slopes[v]['bytes_per_edge']:.0f} B/edge**" for v in ("reference", "nodewise", "analytic")
+            if v in slopes) + f"; (H + C_in)·4 = {slopes['bound_bytes_per_edge']:.0f} B/edge "
+            f"(H = {slopes['hidden']}, C_in = {slopes['c_in']}).")
+    if report.get("models"):
+        parts.append(format_models(report["models"]))
+    parts.append("\n".join(
+        f"- {g['goal']}: {g['value']:.2f} (goal {'≤' if 'slope' in g['goal'] else '≥'} {g['target']:g}) "
+        f"→ **{'met' if g['met'] else 'not met'}**" for g in report["goals"]))
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
