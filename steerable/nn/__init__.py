@@ -7,6 +7,7 @@ Names are resolved lazily (PEP 562) so that ``steerable.kernels`` can import
 from importlib import import_module
 
 _EXPORTS = {
+    "AnalyticGridConv": "steerable.nn.analytic",
     "AnalyticPointConv": "steerable.nn.analytic",
     "FieldBatchNorm": "steerable.nn.field_ops",
     "GatedNonlinearity": "steerable.nn.field_ops",

@@ -105,3 +105,36 @@ class AnalyticPointConv(nn.Module):
         if bias is not None:
             out = out + bias
         return GeometricTensor(out, self.out_type, coords=pos_dst) if geometric else out
+
+
+class AnalyticGridConv(nn.Module):
+    """escnn's ``R2Conv``/``R3Conv`` (analytic steerable basis) with the :class:`ImplicitGridConv` signature.
+
+    Args:
+        group: symmetry group (``dim`` 2 or 3).
+        in_type, out_type: FieldTypes or spec strings.
+        kernel_size: odd number of taps per axis.
+        padding: zero padding (default ``kernel_size // 2``).
+
+    Types: ``in_type → out_type`` (GeometricTensors). Shapes: ``(B, C_in, *S) → (B, C_out, *S)``.
+    """
+
+    def __init__(self, group: GroupSpec, in_type: FieldType | str, out_type: FieldType | str,
+                 kernel_size: int = 5, padding: int | None = None, **_implicit_only):
+        super().__init__()
+        self.group = group
+        self.in_type, self.out_type = group.field_type(in_type), group.field_type(out_type)
+        conv_cls = enn.R3Conv if group.dim == 3 else enn.R2Conv
+        with _private_kernel_bases(group.gspace):
+            self.conv = conv_cls(self.in_type, self.out_type, kernel_size=kernel_size,
+                                 padding=kernel_size // 2 if padding is None else padding, recompute=True)
+
+    _apply = AnalyticPointConv._apply
+    train = AnalyticPointConv.train
+
+    def forward(self, x: GeometricTensor) -> GeometricTensor:
+        if x.type != self.in_type:
+            raise ValueError(f"input type {x.type} does not match the layer's in_type {self.in_type}")
+        filter_, bias = self.conv.expand_parameters()
+        conv = torch.nn.functional.conv2d if self.group.dim == 2 else torch.nn.functional.conv3d
+        return GeometricTensor(conv(x.tensor, filter_, bias, padding=self.conv.padding), self.out_type)

@@ -69,3 +69,17 @@ def test_grid_conv_rejects_wrong_input_and_even_kernels():
     with pytest.raises(ValueError):
         ImplicitGridConv(conv.group, "1x0e", "1x0e", kernel_size=4)
     assert conv.evaluate_output_shape((3, conv.in_type.size, 9, 9)) == (3, conv.out_type.size, 9, 9)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[6]], ids=_case_id)
+def test_analytic_grid_conv_equivariance(case):
+    """The analytic baseline (escnn R2Conv/R3Conv) behind the same signature, same elements and tolerance."""
+    from steerable.nn.analytic import AnalyticGridConv
+
+    name, dim, n, spec_in, spec_out = case
+    G = build_group(name, dim=dim, N=n)
+    conv = AnalyticGridConv(G, spec_in, spec_out, kernel_size=5 if dim == 2 else 3)
+    _, x = _conv_and_input(case, kernel_size=3)
+    out = conv(x)
+    assert out.tensor.shape == (2, conv.out_type.size, *x.tensor.shape[2:])
+    assert_equivariant_grid_module(conv, x, grid_elements(G), tol=1e-5)
