@@ -57,14 +57,23 @@ def configure_wandb(cfg: DictConfig) -> None:
 
 
 def resume_path(cfg: DictConfig) -> str | None:
-    """Checkpoint to resume from: ``ckpt_path`` (a path or ``last``), else ``last.ckpt`` if resume=auto."""
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    """Checkpoint to resume from.
+
+    ``ckpt_path`` (a path, or ``last`` for the run dir's ``checkpoints/last.ckpt``) wins; otherwise,
+    with ``resume=auto``, the newest of ``checkpoints/last.ckpt`` and Lightning's SLURM-requeue
+    ``hpc_ckpt_*.ckpt`` in the run dir, if any.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    last = output_dir / "checkpoints" / "last.ckpt"
     if cfg.ckpt_path is not None:
         path = last if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
         if not path.is_file():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {path}")
         return str(path)
-    return str(last) if cfg.resume == "auto" and last.is_file() else None
+    if cfg.resume != "auto":
+        return None
+    candidates = [p for p in (last, *output_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
 
 
 def cluster_plugins() -> list[Any]:

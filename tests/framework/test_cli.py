@@ -76,3 +76,31 @@ def test_bad_group_exits_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert result.stderr.startswith("error: unknown group 'so4'") and "so3" in result.stderr
+
+
+@pytest.mark.slow
+def test_optuna_search_returns_the_monitored_metric(tmp_path):
+    sweep = tmp_path / "optuna"
+    ok(run_cli("steerable.train", "hparams_search=optuna", *SMOKE, "trainer.max_epochs=1", "logger=csv",
+               "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1",
+               f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=400))
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_value" in best and "task.optimizer.lr" in best
+    assert {json.loads((sweep / str(i) / "metrics.json").read_text())["val/mae"] for i in (0, 1)}
+
+
+@pytest.mark.slow
+def test_predict_prints_qm9_properties_with_units(tmp_path):
+    qm9 = pytest.importorskip("steerable.data.qm9")
+    if not hasattr(qm9, "molecules_to_batch"):
+        pytest.skip("steerable.data.qm9.molecules_to_batch is not there yet")
+    run_dir = tmp_path / "run"
+    ok(run_cli("steerable.train", "experiment=qm9_homo", "dataset=qm9_tiny", "trainer.max_epochs=1",
+               "logger=csv", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=400))
+    xyz = tmp_path / "water.xyz"
+    xyz.write_text("3\nwater\nO 0.000000 0.000000 0.117300\nH 0.000000 0.757200 -0.469200\n"
+                   "H 0.000000 -0.757200 -0.469200\n")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    result = run_cli("steerable.predict", f"ckpt_path={ckpt}", f"input={xyz}", cwd=tmp_path)
+    ok(result)
+    assert "homo_meV=" in result.stdout

@@ -7,6 +7,8 @@ touching this file. Tiny data: an experiment on dataset ``X`` runs with ``datase
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from steerable.config_checks import check_config
-from steerable.train import build_callbacks, build_loggers, configure_wandb, plain_config, train
+from steerable.train import build_callbacks, build_loggers, configure_wandb, plain_config, resume_path, train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")) + ["smoke"]
 SHARED_MODELNET = REPO.parent / "shared" / "data" / "modelnet40"
@@ -113,3 +115,20 @@ def test_experiment_runs_two_steps_on_tiny_data(compose_cfg, experiment):
         pytest.skip(f"no ModelNet-40 files at {cfg.paths.modelnet40}")
     metrics = train(cfg)
     assert metrics and all(v == v for v in metrics.values()), metrics  # no NaN
+
+
+def test_resume_prefers_the_newest_of_last_and_hpc_checkpoints(compose_cfg, tmp_path):
+    cfg = compose_cfg(["experiment=smoke"])
+    assert resume_path(cfg) is None
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"")
+    assert resume_path(cfg) == str(last)
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # written by Lightning on SLURM's requeue signal
+    hpc.write_bytes(b"")
+    os.utime(hpc, (time.time() + 10, time.time() + 10))
+    assert resume_path(cfg) == str(hpc)
+    cfg.resume = "never"
+    assert resume_path(cfg) is None
+    cfg.ckpt_path = "last"
+    assert resume_path(cfg) == str(last)
