@@ -187,3 +187,37 @@ class CheckpointOnSigterm(pl.Callback):
         trainer.save_checkpoint(self.path)
         log.warning("SIGTERM: saved %s at global step %d; exiting", self.path, trainer.global_step)
         raise SIGTERMException(SIGTERM_EXIT_CODE)
+
+
+class PlotsToLoggers(pl.Callback):
+    """At the end of ``fit``, draw the run's plots (:mod:`steerable.plot`) and send them to W&B.
+
+    The PNGs land in ``<run_dir>/plots/`` as with ``python -m steerable.plot``; with a W&B logger
+    they are also logged as images under ``plots/``. Learning curves need the CSV logger (the default
+    ``logger=wandb`` includes it); kernel plots use the best checkpoint. Off unless ``enabled``.
+
+    Args:
+        run_dir: the run dir (``${paths.output_dir}``).
+        enabled: draw at all (``callbacks.plots.enabled=true``).
+    """
+
+    def __init__(self, run_dir: str, enabled: bool = False) -> None:
+        self.run_dir, self.enabled = Path(run_dir), enabled
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.enabled or trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        from pytorch_lightning.loggers import WandbLogger
+
+        from steerable.plot import plot_run
+
+        for logger in trainer.loggers:
+            logger.save()  # flush the CSV rows of the last epoch
+        try:
+            paths = plot_run(self.run_dir)  # kernel of the best checkpoint, if the model has one
+        except (FileNotFoundError, ValueError) as err:
+            log.warning("PlotsToLoggers: no plots (%s)", err)
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="plots", images=[str(p) for p in paths], caption=[p.stem for p in paths])

@@ -29,15 +29,20 @@ def implicit_convs(model: nn.Module) -> list[tuple[str, ImplicitPointConv]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, ImplicitPointConv)]
 
 
+class NoImplicitConv(ValueError):
+    """The model has no implicit kernel to draw (``model.kernel=analytic``, or the baseline)."""
+
+
 def pick_conv(model: nn.Module, layer: int | str = 0) -> tuple[str, ImplicitPointConv]:
     """The implicit conv chosen by index (``0``: first) or by module name.
 
     Raises:
-        ValueError: if the model has no implicit conv (e.g. ``model.kernel=analytic``) or no such layer.
+        NoImplicitConv: if the model has no implicit conv.
+        ValueError: if there is no such layer.
     """
     convs = implicit_convs(model)
     if not convs:
-        raise ValueError(f"{type(model).__name__} has no ImplicitPointConv layer (analytic kernels?)")
+        raise NoImplicitConv(f"{type(model).__name__} has no ImplicitPointConv layer (analytic kernels?)")
     names = [name for name, _ in convs]
     if isinstance(layer, str) and not layer.lstrip("-").isdigit():
         if layer not in names:

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from steerable.checkpoint import load_checkpoint  # noqa: E402
 from steerable.io_utils import atomic_write  # noqa: E402
 from steerable.kernel_views import (  # noqa: E402
+    NoImplicitConv,
     draw_kernel_slices,
     draw_rotation_response,
     pick_conv,
@@ -158,11 +159,17 @@ def plot_run(run_dir: str | Path, ckpt_path: str | Path | None = None, layer: in
     out_dir = run_dir / "plots"
     written = [plot_learning_curves(run_dir, out_dir)]
     ckpt = Path(ckpt_path) if ckpt_path else default_checkpoint(run_dir)
-    if ckpt is not None:
+    if ckpt is None:
+        return written
+    try:
         pngs, error = plot_kernel(ckpt, out_dir, layer, entries, seed)
-        written += pngs
-        print(f"kernel steerability error (relative, max over the xy plane): {error:.2e}")
-    return written
+    except NoImplicitConv as err:
+        if ckpt_path:  # asked for explicitly: say why not
+            raise
+        print(f"no kernel plots: {err}")
+        return written
+    print(f"kernel steerability error (relative, max over the xy plane): {error:.2e}")
+    return written + pngs
 
 
 def main(argv: list[str] | None = None) -> None:

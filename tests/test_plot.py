@@ -86,3 +86,16 @@ def test_bad_layer_and_missing_logs(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([f"run_dir={tmp_path / 'empty_run'}"])
     assert "no metrics.csv under" in capsys.readouterr().err
+
+
+def test_plots_callback_sends_images_to_offline_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run = tmp_path / "run"
+    swap = {"logger=csv": "logger=wandb", "trainer.max_epochs=2": "trainer.max_epochs=1"}
+    overrides = [swap.get(o, o) for o in RUN] + ["callbacks.plots.enabled=true"]
+    train(compose_run(overrides, run))
+    for name in ("learning_curves.png", "kernel_slices.png", "kernel_rotation.png"):
+        assert_png(run / "plots" / name)
+    media = list(run.glob("wandb/offline-run-*/files/media/images/plots_*.png"))
+    assert len(media) == 3, sorted(p.name for p in run.rglob("*.png"))
