@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("experiments/bench/results_cpu.json"))
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda (memory then from torch.cuda.max_memory_allocated)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per measurement (at most)")
     p.add_argument("--budget-s", type=float, default=40.0, help="time budget of the timed steps of one job")
     p.add_argument("--clouds", type=int, default=2, help="ModelNet-like batch size (clouds of 1,024 points)")
@@ -74,15 +76,18 @@ def run_worker(job: dict, timeout: float, inprocess: bool = False) -> dict:
     return dict(error=(proc.stderr or proc.stdout).strip()[-600:] or f"exit code {proc.returncode}")
 
 
-def dense_matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """Achieved GFLOP/s of a square float32 ``torch.mm`` (the practical limit of this CPU)."""
+def dense_matmul_gflops(threads: int, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Achieved GFLOP/s of a square float32 ``torch.mm`` (the practical limit of this machine)."""
+    from steerable.bench.worker import _sync
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
     times = []
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         a @ b
+        _sync(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times) / 1e9
 
@@ -95,7 +100,8 @@ def run_convs(args: argparse.Namespace) -> list[dict]:
     for spec in shapes:
         for variant in args.variants.split(","):
             job = dict(kind="conv", shape=spec, variant=variant, threads=args.threads, seed=0, kernel=KERNEL,
-                       repeats=1 if args.quick else args.repeats, budget_s=args.budget_s)
+                       repeats=1 if args.quick else args.repeats, budget_s=args.budget_s,
+                       device=args.device)
             start = time.perf_counter()
             result = run_worker(job, args.timeout_s, args.inprocess)
             result.setdefault("shape", spec["name"])
@@ -111,7 +117,7 @@ def run_convs(args: argparse.Namespace) -> list[dict]:
 def run_models(args: argparse.Namespace) -> list[dict]:
     from steerable.bench.models import model_jobs, summarise_models
     results = []
-    for job in model_jobs(args.quick, args.threads, args.repeats, args.budget_s):
+    for job in model_jobs(args.quick, args.threads, args.repeats, args.budget_s, args.device):
         if "skip" in job:
             print(f"  model {job['model']}: skipped ({job['skip']})", flush=True)
             results.append(job)
@@ -130,9 +136,12 @@ def run_models(args: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     info = machine_info(args.threads)
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(args.device)
     print(f"machine: {info.get('cpu')} ({info['cpu_count']} cores), torch {info['torch']}, "
-          f"{args.threads} threads, load {info['loadavg_start']}; no GPU on this machine", flush=True)
-    matmul = dense_matmul_gflops(args.threads, 512 if args.quick else 2048)
+          f"{args.threads} threads, load {info['loadavg_start']}; device {args.device}, GPU: {info['gpu']}",
+          flush=True)
+    matmul = dense_matmul_gflops(args.threads, 512 if args.quick else 2048, device=args.device)
     print(f"dense torch.mm: {matmul:.1f} GFLOP/s", flush=True)
     rows = run_convs(args)
     ok = [r for r in rows if "error" not in r]

@@ -29,7 +29,7 @@ def model_shapes(quick: bool) -> dict[str, dict]:
             "modelnet": shape("modelnet_model", "modelnet", 8, 1024, "knn", 4, "1x0e")}
 
 
-def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float) -> list[dict]:
+def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float, device: str = "cpu") -> list[dict]:
     """One job per (model, path); a ``skip`` entry (with the reason) for models that do not import."""
     jobs = []
     for name, (module, cls) in MODELS.items():
@@ -40,7 +40,8 @@ def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float) -> list
             continue
         for path in PATHS:
             jobs.append(dict(kind="model", model=name, path=path, shape=model_shapes(quick)[name],
-                             threads=threads, seed=0, repeats=1 if quick else repeats, budget_s=budget_s))
+                             threads=threads, seed=0, repeats=1 if quick else repeats, budget_s=budget_s,
+                             device=device))
     return jobs
 
 
@@ -65,12 +66,13 @@ def run_model_job(job: dict) -> dict:
     torch.set_num_threads(int(job["threads"]))
     torch.manual_seed(int(job["seed"]))
     module, cls = MODELS[job["model"]]
-    model = getattr(importlib.import_module(module), cls)(group={"name": "so3"})
+    device = torch.device(job.get("device", "cpu"))
+    model = getattr(importlib.import_module(module), cls)(group={"name": "so3"}).to(device)
     convs = [m for m in model.modules() if isinstance(m, ImplicitPointConv)]
     for conv in convs:
         conv.path = job["path"]
     spec = job["shape"]
-    batch = _batch(job["model"], spec)
+    batch = _batch(job["model"], spec).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def train_step():
@@ -84,19 +86,18 @@ def run_model_job(job: dict) -> dict:
         with torch.no_grad():
             model(batch)
 
-    memory_mb, method = peak_memory_mb(train_step)
-    import time
-    start = time.perf_counter()
-    train_step()
-    repeats = timed_repeats(time.perf_counter() - start, int(job["repeats"]), float(job["budget_s"]))
-    train_s, _ = median_time(train_step, repeats)
+    memory_mb, method = peak_memory_mb(train_step, device)
+    warm_s, _ = median_time(train_step, 1, device)
+    repeats = timed_repeats(warm_s, int(job["repeats"]), float(job["budget_s"]))
+    train_s, _ = median_time(train_step, repeats, device)
     infer_step()
-    infer_s, _ = median_time(infer_step, repeats)
+    infer_s, _ = median_time(infer_step, repeats, device)
     graphs = int(spec["graphs"])
     return dict(model=job["model"], path=job["path"], graphs=graphs, points_per_graph=int(spec["points"]),
                 implicit_convs=len(convs), train_step_s=train_s, infer_step_s=infer_s,
                 train_graphs_per_s=graphs / train_s, infer_graphs_per_s=graphs / infer_s,
-                train_peak_mb=memory_mb, memory_method=method, threads=torch.get_num_threads())
+                train_peak_mb=memory_mb, memory_method=method, threads=torch.get_num_threads(),
+                device=str(device))
 
 
 def summarise_models(results: list[dict]) -> list[dict]:

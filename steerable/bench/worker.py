@@ -7,6 +7,8 @@ reports ``VmHWM − baseline``. Where ``clear_refs`` is unavailable it falls bac
 ``ru_maxrss`` delta (which under-reports when building the inputs already peaked higher). The step
 measured for memory is the first one (nothing freed earlier can be reused by the allocator);
 timings are the median of the following steps. The result is one JSON line prefixed by ``RESULT``.
+On a GPU (``job["device"] = "cuda"``) memory is ``torch.cuda.max_memory_allocated`` over
+``memory_allocated`` before the step, and timings synchronise the device.
 """
 
 from __future__ import annotations
@@ -35,9 +37,21 @@ def _status_mb(key: str) -> float:
     raise KeyError(key)
 
 
-def peak_memory_mb(fn: Callable[[], object]) -> tuple[float, str]:
-    """Peak resident memory (MB) that ``fn()`` adds on top of the memory in use before the call."""
+def _sync(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device | str | None = None) -> tuple[float, str]:
+    """Peak memory (MB) that ``fn()`` adds on top of the memory in use before the call (RSS, or CUDA)."""
     gc.collect()
+    if device is not None and torch.device(device).type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, "cuda.max_memory_allocated"
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -50,12 +64,15 @@ def peak_memory_mb(fn: Callable[[], object]) -> tuple[float, str]:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base, "ru_maxrss"
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    """Median wall time of ``repeats`` calls (s) and all the samples."""
+def median_time(fn: Callable[[], object], repeats: int,
+                device: torch.device | str | None = None) -> tuple[float, list[float]]:
+    """Median wall time of ``repeats`` calls (s) and all the samples (device-synchronised)."""
     times = []
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
 
@@ -90,7 +107,7 @@ def contraction_rate(conv, inputs: dict, repeats: int) -> dict:
             return outer.reshape(num, -1) @ w_flat.T
 
         contract()
-        seconds, _ = median_time(contract, repeats)
+        seconds, _ = median_time(contract, repeats, x.device)
     e, hid, c_in, c_out = src.numel(), h.shape[1], x.shape[1], w_tilde.shape[0]
     flops = 2 * e * hid * c_in + 2 * num * hid * c_in * c_out
     return dict(contraction_s=seconds, contraction_gflop=flops / 1e9,
@@ -108,7 +125,7 @@ def phi_time(conv, inputs: dict, repeats: int) -> float:
         (h.sum() + window.sum()).backward()
 
     step()
-    return median_time(step, repeats)[0]
+    return median_time(step, repeats, rel.device)[0]
 
 
 def run_job(job: dict) -> dict:
@@ -118,9 +135,10 @@ def run_job(job: dict) -> dict:
     from steerable.groups import build_group
     spec, variant = job["shape"], job["variant"]
     group = build_group(job.get("group", "so3"))
-    conv = build_conv(group, variant, spec["in_type"], spec["out_type"], job["kernel"])
+    device = torch.device(job.get("device", "cpu"))
+    conv = build_conv(group, variant, spec["in_type"], spec["out_type"], job["kernel"]).to(device)
     conv.train()
-    inputs = build_inputs(spec, conv.in_type.size)
+    inputs = {k: v.to(device) for k, v in build_inputs(spec, conv.in_type.size).items()}
     x = inputs["x"].requires_grad_(True)
     pos, edge_index = inputs["pos"], inputs["edge_index"]
 
@@ -130,17 +148,17 @@ def run_job(job: dict) -> dict:
         conv(x, pos, edge_index).square().mean().backward()
 
     start = time.perf_counter()
-    memory_mb, memory_method = peak_memory_mb(step)
+    memory_mb, memory_method = peak_memory_mb(step, device)
     cold_s = time.perf_counter() - start
     if cold_s < job["budget_s"] / 4:
         step()  # warmup
     repeats = timed_repeats(cold_s, int(job["repeats"]), float(job["budget_s"]))
-    step_s, samples = median_time(step, repeats)
+    step_s, samples = median_time(step, repeats, device)
     result = dict(shape=spec["name"], variant=variant, nodes=int(pos.shape[0]),
                   edges=int(edge_index.shape[1]), c_in=conv.in_type.size, c_out=conv.out_type.size,
                   step_s=step_s, step_samples=samples,
                   cold_step_s=cold_s, peak_mb=memory_mb, memory_method=memory_method,
-                  threads=torch.get_num_threads())
+                  threads=torch.get_num_threads(), device=str(device))
     if variant != "analytic":
         result["hidden"] = conv.kernel.hidden_size
     if variant == "nodewise" and job.get("extras", True):
