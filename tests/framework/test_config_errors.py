@@ -9,7 +9,7 @@ from helpers.runs import CONF_DIR, SEARCHPATH
 
 from steerable.train import _hydra_main, run_cli
 
-MODEL = "model=qm9" if (CONF_DIR / "model" / "qm9.yaml").exists() else "model=baseline"
+QM9 = "experiment=qm9_homo" if (CONF_DIR / "experiment" / "qm9_homo.yaml").exists() else "model=baseline"
 
 
 @pytest.fixture
@@ -19,7 +19,8 @@ def cli(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("STEERABLE_ROOT", str(tmp_path))
 
     def _run(*overrides: str) -> str:
-        monkeypatch.setattr(sys, "argv", ["steerable.train", SEARCHPATH, "experiment=smoke", *overrides])
+        experiment = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=smoke"]
+        monkeypatch.setattr(sys, "argv", ["steerable.train", SEARCHPATH, *experiment, *overrides])
         with pytest.raises(SystemExit) as exit_info:
             run_cli(_hydra_main)
         assert exit_info.value.code == 2
@@ -34,7 +35,7 @@ def cli(monkeypatch, tmp_path, capsys):
     (["group=so4"], "unknown group 'so4'"),
     (["trainer=gpux"], "unknown trainer 'gpux' (did you mean 'gpu'?)"),
     (["logger=wandb,cvs"], "unknown logger 'cvs'"),
-    ([MODEL, "model.kernel=foo"], "kernel"),
+    ([QM9, "model.kernel=foo"], "model.kernel"),
     (["model.hiden=3"], "Could not override 'model.hiden'"),
     (["+model.hiden=3"], "unknown key 'model.hiden' for steerable.models.baseline.PointNetBaseline "
                          "(did you mean 'hidden'?)"),
