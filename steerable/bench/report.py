@@ -145,14 +145,16 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = dict(reference="tab:red", nodewise="tab:blue", analytic="tab:green")
-    markers = dict(qm9="s", modelnet="o", sweep="^")
+    families = {"qm9": ("qm9", None, "s"), "modelnet C=32": ("modelnet", 32, "D"),
+                "modelnet C=64": ("modelnet", 64, "o"), "sweep": ("sweep", None, "^")}
     for variant, colour in colours.items():
-        for family, marker in markers.items():
-            pts = sorted((r["edges"], r["step_s"], r["peak_mb"], r["c_in"]) for r in rows
-                         if r["variant"] == variant and r["shape"].startswith(family) and "step_s" in r)
+        for family, (prefix, channels, marker) in families.items():
+            pts = sorted((r["edges"], r["step_s"], r["peak_mb"]) for r in rows
+                         if r["variant"] == variant and r["shape"].startswith(prefix) and "step_s" in r
+                         and channels in (None, r["c_in"]))
             if not pts:
                 continue
-            e, t, m, _ = zip(*pts, strict=True)
+            e, t, m = zip(*pts, strict=True)
             style = "-" if family == "sweep" else ""
             label = f"{variant} ({family})"
             axes[0].plot(e, t, style + marker, color=colour, label=label, alpha=0.8)
