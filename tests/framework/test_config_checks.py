@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ VALID = {
 
 
 def with_(path: str, value) -> dict:
-    import copy
+    """A copy of VALID with ``path`` (dotted) set to ``value``."""
     cfg = copy.deepcopy(VALID)
     *parents, leaf = path.split(".")
     node = cfg
@@ -50,7 +51,7 @@ def test_valid_config_passes():
     ("seeed", 1, "unknown top-level key 'seeed' (did you mean 'seed'?)"),
 ])
 def test_bad_config_is_named(path, value, message):
-    with pytest.raises(ConfigError, match=None) as err:
+    with pytest.raises(ConfigError) as err:
         check_config(with_(path, value))
     assert message in str(err.value)
 
