@@ -1,8 +1,7 @@
 """Compose run configs with Hydra's compose API; run the CLI in a subprocess.
 
 Tests add ``tests/helpers/conf`` to Hydra's search path (after ``conf/``): it provides the
-``experiment=smoke`` recipe (synthetic data + baseline model) and a fallback ``group/so3`` so the
-framework tests compose even before the real group configs exist.
+``experiment=smoke`` recipe (synthetic data + non-equivariant baseline, seconds on one core).
 """
 
 from __future__ import annotations
