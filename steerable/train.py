@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
@@ -24,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-from steerable.checkpoint import StoreConfig, build, build_model_and_task
+from steerable.checkpoint import CONFIG_KEY, StoreConfig, build, build_model_and_task
 from steerable.config_checks import ConfigError, check_config, check_override_choices, redact_secrets
 from steerable.io_utils import AtomicCheckpointIO
 
@@ -73,7 +74,30 @@ def resume_path(cfg: DictConfig) -> str | None:
     if cfg.resume != "auto":
         return None
     candidates = [p for p in (last, *output_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
-    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
+    if not candidates:
+        return None
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    check_same_recipe(newest, cfg)
+    return str(newest)
+
+
+RECIPE_SECTIONS = ("group", "dataset", "model", "task", "seed")
+
+
+def check_same_recipe(ckpt: Path, cfg: DictConfig) -> None:
+    """``resume=auto`` must not silently continue a *different* run that left a checkpoint in this dir.
+
+    Raises:
+        ConfigError: naming the sections whose values differ from the checkpoint's stored config.
+    """
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True).get(CONFIG_KEY)
+    if stored is None:
+        return
+    current = plain_config(cfg)
+    differing = [key for key in RECIPE_SECTIONS if stored.get(key) != current.get(key)]
+    if differing:
+        raise ConfigError(f"resume=auto: {ckpt} was written by a run with different {', '.join(differing)}; "
+                          "use a fresh run dir, resume=never, or ckpt_path=… to resume it on purpose")
 
 
 def cluster_plugins() -> list[Any]:
