@@ -52,8 +52,15 @@ def grid_elements(group: GroupSpec) -> list[GroupElement]:
     return [g for g in pool if np.allclose(np.round(group.std_matrix(g)), group.std_matrix(g), atol=1e-9)]
 
 
-def point_module_error(module: torch.nn.Module, x: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor,
-                       n_elements: int = 5, seed: int = 0, **kwargs) -> float:
+def point_module_error(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    edge_index: torch.Tensor,
+    n_elements: int = 5,
+    seed: int = 0,
+    **kwargs,
+) -> float:
     """Max relative equivariance error of a point convolution ``module(x, pos, edge_index, **kwargs)``.
 
     ``module`` exposes ``group``, ``in_type``, ``out_type``. Keyword inputs (edge/node attributes) are
@@ -64,17 +71,26 @@ def point_module_error(module: torch.nn.Module, x: torch.Tensor, pos: torch.Tens
         reference = module(x, pos, edge_index, **kwargs)
         errors = []
         for g in elements(group, n_elements, seed):
-            out = module(x @ rep_matrix(module.in_type, g, x).T, pos @ std_matrix(group, g, pos).T, edge_index, **kwargs)
+            out = module(
+                x @ rep_matrix(module.in_type, g, x).T,
+                pos @ std_matrix(group, g, pos).T,
+                edge_index,
+                **kwargs,
+            )
             errors.append(relative_error(out, reference @ rep_matrix(module.out_type, g, reference).T))
     return max(errors)
 
 
-def grid_module_error(module: torch.nn.Module, x: GeometricTensor, group_elements: list[GroupElement]) -> float:
+def grid_module_error(
+    module: torch.nn.Module, x: GeometricTensor, group_elements: list[GroupElement]
+) -> float:
     """Max relative equivariance error of a grid module on GeometricTensors (escnn's ``transform``)."""
     with torch.no_grad():
         reference = module(x)
-        return max(relative_error(module(x.transform(g)).tensor, reference.transform(g).tensor)
-                   for g in group_elements)
+        return max(
+            relative_error(module(x.transform(g)).tensor, reference.transform(g).tensor)
+            for g in group_elements
+        )
 
 
 def transform_batch(batch, group: GroupSpec, g: GroupElement, vector_inputs: tuple[str, ...]):
@@ -87,8 +103,9 @@ def transform_batch(batch, group: GroupSpec, g: GroupElement, vector_inputs: tup
     return out
 
 
-def model_error(model: torch.nn.Module, batch, n_elements: int = 5, seed: int = 0,
-                forward: Callable | None = None) -> float:
+def model_error(
+    model: torch.nn.Module, batch, n_elements: int = 5, seed: int = 0, forward: Callable | None = None
+) -> float:
     """Max relative equivariance error of a whole model on a PyG batch (see the module docstring)."""
     forward = forward or model
     group = model.group

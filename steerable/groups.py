@@ -163,8 +163,10 @@ class GroupSpec:
         for token in spec.split("+"):
             match = _SPEC_TOKEN.match(token)
             if match is None:
-                raise GroupError(f"cannot parse field spec token {token!r} in {spec!r}; "
-                                 "expected '[mult x] l(e|o)' or '[mult x] regular'")
+                raise GroupError(
+                    f"cannot parse field spec token {token!r} in {spec!r}; "
+                    "expected '[mult x] l(e|o)' or '[mult x] regular'"
+                )
             mult, irrep = int(match.group(1) or 1), match.group(2)
             if irrep == "regular":
                 if self.group.continuous:
@@ -188,7 +190,9 @@ class GroupSpec:
         reps = list(spec.representations) if isinstance(spec, FieldType) else self.reps(spec)
         for rep in reps:
             if rep.group != self.group:
-                raise GroupError(f"field type over {rep.group} cannot be carried by group {self.name!r} ({self.group})")
+                raise GroupError(
+                    f"field type over {rep.group} cannot be carried by group {self.name!r} ({self.group})"
+                )
         gspace = self.gspace if on == "space" else self.fiber
         return gspace.type(*reps)
 
@@ -224,8 +228,15 @@ def _build(name: str, dim: int, N: int | None, maximum_frequency: int) -> GroupS
         # be restricted along the same embedding as the gspace's action on the plane.
         sg_id = space._sg_id
     _instantiate_irreps(space.fibergroup, 3 * maximum_frequency)
-    spec = GroupSpec(name=name, dim=dim, sg_id=sg_id, ambient=ambient, gspace=space,
-                     fiber=gspaces.no_base_space(space.fibergroup), std_rep=space.basespace_action)
+    spec = GroupSpec(
+        name=name,
+        dim=dim,
+        sg_id=sg_id,
+        ambient=ambient,
+        gspace=space,
+        fiber=gspaces.no_base_space(space.fibergroup),
+        std_rep=space.basespace_action,
+    )
     spec._parents[spec.std_rep.name] = ambient.basespace_action
     return spec
 
@@ -252,8 +263,9 @@ def _instantiate_irreps(group, band_limit: int) -> None:
             group.irrep(*irrep_id)
 
 
-def build_group(name: str, dim: int = 3, N: int | None = None, maximum_frequency: int = 4,
-                **_ignored) -> GroupSpec:
+def build_group(
+    name: str, dim: int = 3, N: int | None = None, maximum_frequency: int = 4, **_ignored
+) -> GroupSpec:
     """Build (cached) the :class:`GroupSpec` for a registry name.
 
     Args:

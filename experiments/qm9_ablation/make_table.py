@@ -18,16 +18,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from steerable.results import collect_runs, markdown_table  # noqa: E402
 
-KEYS = {"kernel": "model.kernel", "edge_attrs": "model.edge_attrs", "node_attrs": "model.node_attrs",
-        "group": "group.name", "seed": "seed", "epochs": "trainer.max_epochs"}
+KEYS = {
+    "kernel": "model.kernel",
+    "edge_attrs": "model.edge_attrs",
+    "node_attrs": "model.node_attrs",
+    "group": "group.name",
+    "seed": "seed",
+    "epochs": "trainer.max_epochs",
+}
 
 
 def arm(row: dict) -> str:
     if row["kernel"] == "analytic":
         return "standard kernel"
-    return {(False, False): "implicit", (True, False): "implicit + bonds",
-            (True, True): "implicit + bonds + atoms", (False, True): "implicit + atoms"}[
-        (bool(row["edge_attrs"]), bool(row["node_attrs"]))]
+    return {
+        (False, False): "implicit",
+        (True, False): "implicit + bonds",
+        (True, True): "implicit + bonds + atoms",
+        (False, True): "implicit + atoms",
+    }[(bool(row["edge_attrs"]), bool(row["node_attrs"]))]
 
 
 def main() -> None:
@@ -38,12 +47,28 @@ def main() -> None:
     rows = collect_runs(args.sweep_dir, KEYS)
     if not rows:
         raise SystemExit(f"error: no metrics.json under {args.sweep_dir}")
-    order = ["standard kernel", "implicit", "implicit + bonds", "implicit + atoms", "implicit + bonds + atoms"]
+    order = [
+        "standard kernel",
+        "implicit",
+        "implicit + bonds",
+        "implicit + atoms",
+        "implicit + bonds + atoms",
+    ]
     rows.sort(key=lambda r: (order.index(arm(r)), r["seed"] or 0))
     table = markdown_table(
         ["arm", "group", "seed", "epochs", "val HOMO MAE (meV)", "test HOMO MAE (meV)"],
-        [[arm(r), r["group"], r["seed"], r["epochs"], r["metrics"].get("val/homo_mae_meV"),
-          r["metrics"].get("test/homo_mae_meV")] for r in rows])
+        [
+            [
+                arm(r),
+                r["group"],
+                r["seed"],
+                r["epochs"],
+                r["metrics"].get("val/homo_mae_meV"),
+                r["metrics"].get("test/homo_mae_meV"),
+            ]
+            for r in rows
+        ],
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(table + "\n")

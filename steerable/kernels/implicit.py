@@ -54,7 +54,7 @@ class RadialWindow(nn.Module):
         self.cutoff = cutoff
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        w = torch.exp(-(r / self.log_width.exp()) ** 2)
+        w = torch.exp(-((r / self.log_width.exp()) ** 2))
         if self.cutoff is not None:
             w = w * 0.5 * (torch.cos(math.pi * (r / self.cutoff).clamp(max=1.0)) + 1.0)
         return w
@@ -85,11 +85,24 @@ class ImplicitKernel(nn.Module):
     ``kernel: (E, C_out, C_in)``.
     """
 
-    def __init__(self, group: GroupSpec, in_type: FieldType, out_type: FieldType,
-                 attr_type: FieldType | None = None, hidden: str | None = None, channels: int = 8,
-                 band_limit: int = 1, n_layers: int = 3, direction_order: int = 2, n_rbf: int = 8,
-                 rbf_max: float = 5.0, window_width: float = 2.0, cutoff: float | None = None,
-                 batch_norm: bool = True, nonlinearity: str = "gated"):
+    def __init__(
+        self,
+        group: GroupSpec,
+        in_type: FieldType,
+        out_type: FieldType,
+        attr_type: FieldType | None = None,
+        hidden: str | None = None,
+        channels: int = 8,
+        band_limit: int = 1,
+        n_layers: int = 3,
+        direction_order: int = 2,
+        n_rbf: int = 8,
+        rbf_max: float = 5.0,
+        window_width: float = 2.0,
+        cutoff: float | None = None,
+        batch_norm: bool = True,
+        nonlinearity: str = "gated",
+    ):
         super().__init__()
         if n_layers < 2:
             raise ValueError(f"the kernel MLP needs n_layers >= 2 (hidden + Hom layer), got {n_layers}")
@@ -115,13 +128,17 @@ class ImplicitKernel(nn.Module):
             input_reps += list(attr_type.representations)
         self.attr_size = 0 if attr_type is None else attr_type.size
         self.input_type = fiber.type(*input_reps)
-        self.hidden_type = group.field_type(hidden or band_limited_spec(channels, band_limit, group.dim), on="fiber")
+        self.hidden_type = group.field_type(
+            hidden or band_limited_spec(channels, band_limit, group.dim), on="fiber"
+        )
 
         layers: list[nn.Module] = []
         previous = self.input_type
         for _ in range(n_layers - 1):
             gates = build_nonlinearity(nonlinearity, self.hidden_type)
-            gated_type = fiber.type(*self.hidden_type.representations, *[fiber.trivial_repr] * gates.num_gates)
+            gated_type = fiber.type(
+                *self.hidden_type.representations, *[fiber.trivial_repr] * gates.num_gates
+            )
             layers += [EquivariantLinear(previous, gated_type), gates]
             if batch_norm:
                 layers.append(FieldBatchNorm(self.hidden_type))
@@ -153,7 +170,9 @@ class ImplicitKernel(nn.Module):
                 index.append((rows * c_in + cols).reshape(-1))  # kron(ρ_o, ρ_i) acts on row-major blocks
         return reps, torch.cat(index)
 
-    def edge_features(self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def edge_features(
+        self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """φ's input ``(E, input_type.size)`` and the distances ``(E,)``; zero vectors give u = 0, no NaN.
 
         Zero vectors (self-loops, duplicate points) get u = 0, r = 0 and an exactly zero gradient: a
@@ -167,7 +186,7 @@ class ImplicitKernel(nn.Module):
         feats = [u]
         if self.direction_order == 2:
             feats.append((u[:, :, None] * u[:, None, :]).flatten(1) @ self._square_matrix(u).T)
-        feats.append(torch.exp(-((r[:, None] - self.rbf_centers) / self.rbf_width) ** 2))
+        feats.append(torch.exp(-(((r[:, None] - self.rbf_centers) / self.rbf_width) ** 2)))
         if self.attr_size:
             if attr is None or attr.shape[-1] != self.attr_size:
                 got = None if attr is None else tuple(attr.shape)
@@ -185,7 +204,9 @@ class ImplicitKernel(nn.Module):
             self._square_map[key] = torch.as_tensor(self._square_basis, dtype=like.dtype, device=like.device)
         return self._square_map[key]
 
-    def hidden(self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden(
+        self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """φ's last hidden activation times the radial window, and the window itself.
 
         Shapes: ``rel_pos: (E, d) → (E, H), (E,)``.
@@ -207,7 +228,9 @@ class ImplicitKernel(nn.Module):
         w_tilde = full.view(c_out, c_in, h).transpose(1, 2)
         b_full = None
         if bias is not None:
-            b_full = bias.new_zeros(c_out * c_in).index_copy(0, self.flat_index, bias * scale).view(c_out, c_in)
+            b_full = (
+                bias.new_zeros(c_out * c_in).index_copy(0, self.flat_index, bias * scale).view(c_out, c_in)
+            )
         return w_tilde, b_full
 
     def _live_hidden(self) -> torch.Tensor:
@@ -244,7 +267,7 @@ class ImplicitKernel(nn.Module):
         layout = FieldLayout(self.out_type)
         field_var = torch.zeros(layout.num_fields).index_add(0, layout.field_of_channel, row_var.sum(1))
         field_var = field_var / layout.field_dim
-        fallback = torch.tensor(c_in ** -0.5)  # fields no hidden channel reaches: keep the plain 1/√C_in
+        fallback = torch.tensor(c_in**-0.5)  # fields no hidden channel reaches: keep the plain 1/√C_in
         field_scale = torch.where(field_var > 0, field_var.clamp(min=1e-30).rsqrt(), fallback)
         return field_scale[layout.field_of_channel][self.flat_index // c_in]
 
@@ -272,12 +295,12 @@ def _symmetric_square(group: GroupSpec) -> tuple[list[Representation], np.ndarra
     reps, rows = [], []
     for irrep_id in square.irreps:
         parent = square.group.irrep(*irrep_id)
-        block = basis[:, start:start + parent.size].reshape(d, d, -1)
+        block = basis[:, start : start + parent.size].reshape(d, d, -1)
         if np.allclose(block, block.transpose(1, 0, 2), atol=1e-9):
             rep = parent.restrict(group.sg_id)
             group._parents[rep.name] = parent
             reps.append(rep)
-            rows.append(basis_inv[start:start + parent.size])
+            rows.append(basis_inv[start : start + parent.size])
         start += parent.size
     return reps, np.concatenate(rows).astype(np.float64)
 

@@ -20,8 +20,15 @@ from steerable.nn.point_conv import ImplicitPointConv
 KERNELS = ("implicit", "analytic")
 
 
-def build_point_conv(kernel: str, group: GroupSpec, in_type: FieldType, out_type: FieldType,
-                     conv_kwargs: dict[str, Any], edge_attr_type=None, node_attr_type=None) -> nn.Module:
+def build_point_conv(
+    kernel: str,
+    group: GroupSpec,
+    in_type: FieldType,
+    out_type: FieldType,
+    conv_kwargs: dict[str, Any],
+    edge_attr_type=None,
+    node_attr_type=None,
+) -> nn.Module:
     """An implicit or analytic point convolution with one signature.
 
     ``conv_kwargs`` holds the options of both (``implicit``: kernel-MLP options, path, aggr;
@@ -33,11 +40,18 @@ def build_point_conv(kernel: str, group: GroupSpec, in_type: FieldType, out_type
     kwargs = dict(conv_kwargs)
     analytic_keys = {"width": kwargs.pop("width", 2.0), "n_rings": kwargs.pop("n_rings", 3)}
     if kernel == "implicit":
-        return ImplicitPointConv(group, in_type, out_type, edge_attr_type=edge_attr_type,
-                                 node_attr_type=node_attr_type, **kwargs)
+        return ImplicitPointConv(
+            group, in_type, out_type, edge_attr_type=edge_attr_type, node_attr_type=node_attr_type, **kwargs
+        )
     if kernel == "analytic":
-        return AnalyticPointConv(group, in_type, out_type, edge_attr_type=edge_attr_type,
-                                 node_attr_type=node_attr_type, **analytic_keys)
+        return AnalyticPointConv(
+            group,
+            in_type,
+            out_type,
+            edge_attr_type=edge_attr_type,
+            node_attr_type=node_attr_type,
+            **analytic_keys,
+        )
     raise ValueError(f"unknown model.kernel {kernel!r}; valid: {', '.join(KERNELS)}")
 
 
@@ -50,19 +64,34 @@ class SteerableBlock(nn.Module):
     arguments are those of :class:`steerable.nn.ImplicitPointConv`.
     """
 
-    def __init__(self, kernel: str, group: GroupSpec, in_type: FieldType, out_type: FieldType,
-                 conv_kwargs: dict[str, Any], edge_attr_type=None, node_attr_type=None,
-                 residual: bool = True, nonlinearity: str = "gated"):
+    def __init__(
+        self,
+        kernel: str,
+        group: GroupSpec,
+        in_type: FieldType,
+        out_type: FieldType,
+        conv_kwargs: dict[str, Any],
+        edge_attr_type=None,
+        node_attr_type=None,
+        residual: bool = True,
+        nonlinearity: str = "gated",
+    ):
         super().__init__()
         self.nonlinearity = build_nonlinearity(nonlinearity, out_type)
         gspace = out_type.gspace
-        conv_out = gspace.type(*out_type.representations, *[gspace.trivial_repr] * self.nonlinearity.num_gates)
-        self.conv = build_point_conv(kernel, group, in_type, conv_out, conv_kwargs, edge_attr_type, node_attr_type)
+        conv_out = gspace.type(
+            *out_type.representations, *[gspace.trivial_repr] * self.nonlinearity.num_gates
+        )
+        self.conv = build_point_conv(
+            kernel, group, in_type, conv_out, conv_kwargs, edge_attr_type, node_attr_type
+        )
         self.norm = FieldBatchNorm(conv_out)
         self.residual = residual and in_type == out_type
 
     def forward(self, x, pos, edge_index, edge_attr=None, node_attr=None) -> torch.Tensor:
-        out = self.nonlinearity(self.norm(self.conv(x, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr)))
+        out = self.nonlinearity(
+            self.norm(self.conv(x, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr))
+        )
         return out + x if self.residual else out
 
 
@@ -76,8 +105,12 @@ class InvariantMap(nn.Module):
     def __init__(self, field_type: FieldType):
         super().__init__()
         self.layout = FieldLayout(field_type)
-        self.register_buffer("trivial_index", self.layout.trivial_channel.nonzero().squeeze(1), persistent=False)
-        self.register_buffer("nontrivial_fields", (~self.layout.trivial_field).nonzero().squeeze(1), persistent=False)
+        self.register_buffer(
+            "trivial_index", self.layout.trivial_channel.nonzero().squeeze(1), persistent=False
+        )
+        self.register_buffer(
+            "nontrivial_fields", (~self.layout.trivial_field).nonzero().squeeze(1), persistent=False
+        )
         self.out_size = len(self.trivial_index) + len(self.nontrivial_fields)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +158,9 @@ def check_batch(batch) -> None:
     if bool((~finite).any() | (counts == 0).any()):
         bad = index[~finite].unique().tolist()
         if bad:
-            raise ValueError(f"NaN/inf coordinates in graph(s) {bad[:10]} of the batch "
-                             f"({int((~finite).sum())} of {pos.shape[0]} points)")
+            raise ValueError(
+                f"NaN/inf coordinates in graph(s) {bad[:10]} of the batch "
+                f"({int((~finite).sum())} of {pos.shape[0]} points)"
+            )
         empty = (counts == 0).nonzero().flatten().tolist()
         raise ValueError(f"graph(s) {empty[:10]} of the batch have no points")

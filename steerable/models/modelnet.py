@@ -19,9 +19,11 @@ from steerable.models.blocks import InvariantMap, SteerableBlock, check_batch, m
 from steerable.models.qm9 import natural_parity_spec
 from steerable.nn.graph import farthest_point_sampling, knn_bipartite, random_sampling
 
-DEFAULT_STAGES = ({"channels": 8, "ratio": 1.0, "k": 16},
-                  {"channels": 16, "ratio": 0.25, "k": 16},
-                  {"channels": 32, "ratio": 0.25, "k": 16})
+DEFAULT_STAGES = (
+    {"channels": 8, "ratio": 1.0, "k": 16},
+    {"channels": 16, "ratio": 0.25, "k": 16},
+    {"channels": 32, "ratio": 0.25, "k": 16},
+)
 
 
 class ModelNetModel(nn.Module):
@@ -42,9 +44,18 @@ class ModelNetModel(nn.Module):
     Batch fields: ``pos (N, 3)``, ``batch (N,)``, optional ``normal (N, 3)``. Output ``(B, num_classes)``.
     """
 
-    def __init__(self, group: dict, num_classes: int = 40, kernel: Literal["implicit", "analytic"] = "implicit",
-                 stages: list[dict] | tuple = DEFAULT_STAGES, band_limit: int = 1, sampling: Literal["fps", "random"] = "fps",
-                 use_normals: bool = False, conv: dict[str, Any] | None = None, head_hidden: int = 128):
+    def __init__(
+        self,
+        group: dict,
+        num_classes: int = 40,
+        kernel: Literal["implicit", "analytic"] = "implicit",
+        stages: list[dict] | tuple = DEFAULT_STAGES,
+        band_limit: int = 1,
+        sampling: Literal["fps", "random"] = "fps",
+        use_normals: bool = False,
+        conv: dict[str, Any] | None = None,
+        head_hidden: int = 128,
+    ):
         super().__init__()
         if sampling not in ("fps", "random"):
             raise ValueError(f"unknown model.sampling {sampling!r}; valid: fps, random")
@@ -86,6 +97,11 @@ class ModelNetModel(nn.Module):
             h = block(h, (pos, pos_dst), edge_index)
             pos, index = pos_dst, index_dst
         invariants = self.invariant(h)
-        pooled = torch.cat([scatter(invariants, index, dim=0, reduce="mean"),
-                            scatter(invariants, index, dim=0, reduce="max")], dim=-1)
+        pooled = torch.cat(
+            [
+                scatter(invariants, index, dim=0, reduce="mean"),
+                scatter(invariants, index, dim=0, reduce="max"),
+            ],
+            dim=-1,
+        )
         return self.head(pooled)

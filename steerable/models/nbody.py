@@ -35,9 +35,17 @@ class NBodyModel(nn.Module):
 
     vector_inputs: tuple[str, ...] = ("vel",)
 
-    def __init__(self, group: dict, kernel: Literal["implicit", "analytic"] = "implicit", num_features: int = 16, band_limit: int = 1,
-                 num_layers: int = 4, edge_attrs: bool = True, node_attrs: bool = True,
-                 conv: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        group: dict,
+        kernel: Literal["implicit", "analytic"] = "implicit",
+        num_features: int = 16,
+        band_limit: int = 1,
+        num_layers: int = 4,
+        edge_attrs: bool = True,
+        node_attrs: bool = True,
+        conv: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
@@ -45,12 +53,20 @@ class NBodyModel(nn.Module):
         vector = g.gspace.type(g.std_rep)
         in_type = g.gspace.type(g.std_rep, g.gspace.trivial_repr)
         feat_type = g.field_type(natural_parity_spec(num_features, band_limit, g.dim))
-        args = dict(kernel=kernel, group=g, conv_kwargs=conv, edge_attr_type="1x0e" if edge_attrs else None,
-                    node_attr_type="1x0e" if node_attrs else None)
+        args = dict(
+            kernel=kernel,
+            group=g,
+            conv_kwargs=conv,
+            edge_attr_type="1x0e" if edge_attrs else None,
+            node_attr_type="1x0e" if node_attrs else None,
+        )
         types = [in_type] + [feat_type] * num_layers
-        self.blocks = nn.ModuleList(SteerableBlock(in_type=a, out_type=b, **args) for a, b in zip(types, types[1:]))
-        self.readout = build_point_conv(kernel, g, feat_type, vector, conv, args["edge_attr_type"],
-                                        args["node_attr_type"])
+        self.blocks = nn.ModuleList(
+            SteerableBlock(in_type=a, out_type=b, **args) for a, b in zip(types, types[1:])
+        )
+        self.readout = build_point_conv(
+            kernel, g, feat_type, vector, conv, args["edge_attr_type"], args["node_attr_type"]
+        )
         self.output_type = vector
 
     def forward(self, batch) -> torch.Tensor:

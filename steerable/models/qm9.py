@@ -53,33 +53,61 @@ class QM9Model(nn.Module):
 
     vector_inputs: tuple[str, ...] = ()
 
-    def __init__(self, group: dict, targets: list[str] | tuple[str, ...] = ("homo",), num_atom_types: int = 5,
-                 num_bond_types: int | None = None, graph: str = "bonds",
-                 kernel: Literal["implicit", "analytic"] = "implicit", num_features: int = 8, band_limit: int = 1,
-                 feature_spec: str | None = None, num_blocks: int = 4, edge_attrs: bool = False,
-                 node_attrs: bool = False, conv: dict[str, Any] | None = None, head_hidden: int = 64,
-                 self_loops: bool = True):
+    def __init__(
+        self,
+        group: dict,
+        targets: list[str] | tuple[str, ...] = ("homo",),
+        num_atom_types: int = 5,
+        num_bond_types: int | None = None,
+        graph: str = "bonds",
+        kernel: Literal["implicit", "analytic"] = "implicit",
+        num_features: int = 8,
+        band_limit: int = 1,
+        feature_spec: str | None = None,
+        num_blocks: int = 4,
+        edge_attrs: bool = False,
+        node_attrs: bool = False,
+        conv: dict[str, Any] | None = None,
+        head_hidden: int = 64,
+        self_loops: bool = True,
+    ):
         super().__init__()
         targets = list(targets)
         output = "polarizability_tensor" if "polarizability_tensor" in targets else "scalars"
         if output == "polarizability_tensor" and len(targets) > 1:
-            raise ValueError("polarizability_tensor is an equivariant target; train it alone (targets: [polarizability_tensor])")
+            raise ValueError(
+                "polarizability_tensor is an equivariant target; train it alone "
+                "(targets: [polarizability_tensor])"
+            )
         num_targets = len(targets)
         if num_bond_types is None:
             num_bond_types = bond_classes(graph)
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
-        self.edge_attrs, self.node_attrs, self.output, self.self_loops = edge_attrs, node_attrs, output, self_loops
+        self.edge_attrs, self.node_attrs, self.output, self.self_loops = (
+            edge_attrs,
+            node_attrs,
+            output,
+            self_loops,
+        )
         edge_t = f"{num_bond_types}x0e" if edge_attrs else None
         node_t = f"{num_atom_types}x0e" if node_attrs else None
         self.embed = nn.Linear(num_atom_types, num_features)
         embed_type = g.field_type(f"{num_features}x0e")
         feat_type = g.field_type(feature_spec or natural_parity_spec(num_features, band_limit, g.dim))
-        block_args = dict(kernel=kernel, group=g, conv_kwargs=conv, edge_attr_type=edge_t, node_attr_type=node_t)
+        block_args = dict(
+            kernel=kernel, group=g, conv_kwargs=conv, edge_attr_type=edge_t, node_attr_type=node_t
+        )
         self.first = SteerableBlock(in_type=embed_type, out_type=feat_type, **block_args)
         self.blocks = nn.ModuleList(
-            nn.ModuleList([SteerableBlock(in_type=feat_type, out_type=feat_type, residual=False, **block_args)
-                           for _ in range(2)]) for _ in range(num_blocks))
+            nn.ModuleList(
+                [
+                    SteerableBlock(in_type=feat_type, out_type=feat_type, residual=False, **block_args)
+                    for _ in range(2)
+                ]
+            )
+            for _ in range(num_blocks)
+        )
         if output == "scalars":
             self.invariant = InvariantMap(feat_type)
             self.head = mlp([self.invariant.out_size, head_hidden, head_hidden, num_targets])

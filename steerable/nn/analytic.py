@@ -58,19 +58,31 @@ class AnalyticPointConv(nn.Module):
     Shapes: as :class:`ImplicitPointConv`: ``x: (N_src, C_in)`` → ``(N_dst, C_out)``.
     """
 
-    def __init__(self, group: GroupSpec, in_type: FieldType | str, out_type: FieldType | str,
-                 width: float = 2.0, n_rings: int = 3, bias: bool = True,
-                 edge_attr_type=None, node_attr_type=None, **_implicit_only):
+    def __init__(
+        self,
+        group: GroupSpec,
+        in_type: FieldType | str,
+        out_type: FieldType | str,
+        width: float = 2.0,
+        n_rings: int = 3,
+        bias: bool = True,
+        edge_attr_type=None,
+        node_attr_type=None,
+        **_implicit_only,
+    ):
         super().__init__()
         if edge_attr_type is not None or node_attr_type is not None:
-            raise ValueError("analytic kernels cannot be conditioned on edge/node attributes; "
-                             "set model.edge_attrs=false and model.node_attrs=false with model.kernel=analytic")
+            raise ValueError(
+                "analytic kernels cannot be conditioned on edge/node attributes; "
+                "set model.edge_attrs=false and model.node_attrs=false with model.kernel=analytic"
+            )
         self.group = group
         self.in_type, self.out_type = group.field_type(in_type), group.field_type(out_type)
         conv_cls = enn.R3PointConv if group.dim == 3 else enn.R2PointConv
         with _private_kernel_bases(group.gspace):
-            self.conv = conv_cls(self.in_type, self.out_type, width=width, n_rings=n_rings, bias=bias,
-                                 recompute=True)
+            self.conv = conv_cls(
+                self.in_type, self.out_type, width=width, n_rings=n_rings, bias=bias, recompute=True
+            )
 
     def _apply(self, fn, recurse: bool = True):
         # escnn's kernel-basis modules compare equal by value (torch.allclose on their tensors), and torch's
@@ -93,14 +105,24 @@ class AnalyticPointConv(nn.Module):
         self.training = mode
         return self
 
-    def forward(self, x: torch.Tensor | GeometricTensor, pos, edge_index: torch.Tensor,
-                edge_attr: torch.Tensor | None = None, node_attr=None):
+    def forward(
+        self,
+        x: torch.Tensor | GeometricTensor,
+        pos,
+        edge_index: torch.Tensor,
+        edge_attr: torch.Tensor | None = None,
+        node_attr=None,
+    ):
         geometric = isinstance(x, GeometricTensor)
         tensor = x.tensor if geometric else x
         pos_src, pos_dst = pos if isinstance(pos, tuple) else (pos, pos)
         src, dst = edge_index
-        out = self.conv.propagate(edge_index, x=(tensor, None), edge_delta=pos_src[src] - pos_dst[dst],
-                                  size=(tensor.shape[0], pos_dst.shape[0]))
+        out = self.conv.propagate(
+            edge_index,
+            x=(tensor, None),
+            edge_delta=pos_src[src] - pos_dst[dst],
+            size=(tensor.shape[0], pos_dst.shape[0]),
+        )
         bias = self.conv.expand_bias()
         if bias is not None:
             out = out + bias
@@ -119,15 +141,27 @@ class AnalyticGridConv(nn.Module):
     Types: ``in_type → out_type`` (GeometricTensors). Shapes: ``(B, C_in, *S) → (B, C_out, *S)``.
     """
 
-    def __init__(self, group: GroupSpec, in_type: FieldType | str, out_type: FieldType | str,
-                 kernel_size: int = 5, padding: int | None = None, **_implicit_only):
+    def __init__(
+        self,
+        group: GroupSpec,
+        in_type: FieldType | str,
+        out_type: FieldType | str,
+        kernel_size: int = 5,
+        padding: int | None = None,
+        **_implicit_only,
+    ):
         super().__init__()
         self.group = group
         self.in_type, self.out_type = group.field_type(in_type), group.field_type(out_type)
         conv_cls = enn.R3Conv if group.dim == 3 else enn.R2Conv
         with _private_kernel_bases(group.gspace):
-            self.conv = conv_cls(self.in_type, self.out_type, kernel_size=kernel_size,
-                                 padding=kernel_size // 2 if padding is None else padding, recompute=True)
+            self.conv = conv_cls(
+                self.in_type,
+                self.out_type,
+                kernel_size=kernel_size,
+                padding=kernel_size // 2 if padding is None else padding,
+                recompute=True,
+            )
 
     _apply = AnalyticPointConv._apply
     train = AnalyticPointConv.train

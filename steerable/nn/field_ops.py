@@ -30,15 +30,23 @@ class FieldLayout(nn.Module):
         trivial = [rep.is_trivial() for rep in field_type.representations]
         self.num_fields = len(sizes)
         self.size = field_type.size
-        self.register_buffer("field_of_channel",
-                             torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)), persistent=False)
-        self.register_buffer("trivial_channel",
-                             torch.repeat_interleave(torch.tensor(trivial), torch.tensor(sizes)), persistent=False)
+        self.register_buffer(
+            "field_of_channel",
+            torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)),
+            persistent=False,
+        )
+        self.register_buffer(
+            "trivial_channel",
+            torch.repeat_interleave(torch.tensor(trivial), torch.tensor(sizes)),
+            persistent=False,
+        )
         self.register_buffer("trivial_field", torch.tensor(trivial), persistent=False)
         self.register_buffer("field_dim", torch.tensor(sizes, dtype=torch.float32), persistent=False)
         self.num_nontrivial = int((~self.trivial_field).sum())
         gate_index = torch.cumsum(~self.trivial_field, 0) - 1  # gate slot of each non-trivial field
-        self.register_buffer("gate_of_channel", gate_index.clamp(min=0)[self.field_of_channel], persistent=False)
+        self.register_buffer(
+            "gate_of_channel", gate_index.clamp(min=0)[self.field_of_channel], persistent=False
+        )
 
     def field_sq_norms(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C) → (N, F)`` squared norm of every field (G-invariant)."""
@@ -63,7 +71,7 @@ class GatedNonlinearity(nn.Module):
         self.num_gates = self.layout.num_nontrivial
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features, gates = x[:, : self.layout.size], x[:, self.layout.size:]
+        features, gates = x[:, : self.layout.size], x[:, self.layout.size :]
         act = self.activation(features)
         if self.num_gates == 0:
             return act

@@ -54,10 +54,18 @@ class ImplicitPointConv(MessagePassing):
     torch.Size([5, 4])
     """
 
-    def __init__(self, group: GroupSpec, in_type: FieldType | str, out_type: FieldType | str,
-                 edge_attr_type: FieldType | str | None = None, node_attr_type: FieldType | str | None = None,
-                 path: Literal["nodewise", "reference"] = "nodewise", aggr: str = "mean", bias: bool = True,
-                 **kernel_kwargs):
+    def __init__(
+        self,
+        group: GroupSpec,
+        in_type: FieldType | str,
+        out_type: FieldType | str,
+        edge_attr_type: FieldType | str | None = None,
+        node_attr_type: FieldType | str | None = None,
+        path: Literal["nodewise", "reference"] = "nodewise",
+        aggr: str = "mean",
+        bias: bool = True,
+        **kernel_kwargs,
+    ):
         if aggr not in ("mean", "add"):
             raise ValueError(f"aggr must be 'mean' or 'add', got {aggr!r}")
         super().__init__(aggr=aggr)
@@ -90,15 +98,23 @@ class ImplicitPointConv(MessagePassing):
             raise ValueError(f"path must be 'nodewise' or 'reference', got {value!r}")
         self._path = value
 
-    def forward(self, x: torch.Tensor | GeometricTensor, pos: PointPair, edge_index: torch.Tensor,
-                edge_attr: torch.Tensor | None = None, node_attr: PointPair | None = None):
+    def forward(
+        self,
+        x: torch.Tensor | GeometricTensor,
+        pos: PointPair,
+        edge_index: torch.Tensor,
+        edge_attr: torch.Tensor | None = None,
+        node_attr: PointPair | None = None,
+    ):
         geometric = isinstance(x, GeometricTensor)
         if geometric:
             if x.type != self.in_type:
                 raise ValueError(f"input type {x.type} does not match the layer's in_type {self.in_type}")
             x = x.tensor
         if x.shape[-1] != self.in_type.size:
-            raise ValueError(f"expected features with {self.in_type.size} channels ({self.in_type}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected features with {self.in_type.size} channels ({self.in_type}), got {tuple(x.shape)}"
+            )
         pos_src, pos_dst = pos if isinstance(pos, tuple) else (pos, pos)
         src, dst = edge_index
         rel_pos = pos_src[src] - pos_dst[dst]
@@ -108,19 +124,24 @@ class ImplicitPointConv(MessagePassing):
         else:
             out = self._nodewise(x, rel_pos, attr, src, dst, pos_dst.shape[0])
         if self.bias is not None:
-            out = out.index_add(1, self.out_layout.trivial_channel.nonzero().squeeze(1),
-                                self.bias.expand(out.shape[0], -1))
+            out = out.index_add(
+                1, self.out_layout.trivial_channel.nonzero().squeeze(1), self.bias.expand(out.shape[0], -1)
+            )
         return GeometricTensor(out, self.out_type, coords=pos_dst) if geometric else out
 
     def _kernel_attributes(self, edge_attr, node_attr, src, dst) -> torch.Tensor | None:
         parts = []
         if self.edge_attr_size:
             if edge_attr is None:
-                raise ValueError(f"this layer was built with edge attributes of size {self.edge_attr_size}; pass edge_attr")
+                raise ValueError(
+                    f"this layer was built with edge attributes of size {self.edge_attr_size}; pass edge_attr"
+                )
             parts.append(edge_attr)
         if self.node_attr_size:
             if node_attr is None:
-                raise ValueError(f"this layer was built with node attributes of size {self.node_attr_size}; pass node_attr")
+                raise ValueError(
+                    f"this layer was built with node attributes of size {self.node_attr_size}; pass node_attr"
+                )
             attr_src, attr_dst = node_attr if isinstance(node_attr, tuple) else (node_attr, node_attr)
             parts += [attr_src[src], attr_dst[dst]]
         return torch.cat(parts, dim=-1) if parts else None

@@ -10,13 +10,20 @@ from steerable.checkpoint import CONFIG_KEY
 from steerable.config_checks import ConfigError
 from steerable.train import resume_path
 
-RECIPE = {"group": {"name": "o3"}, "dataset": {"subset": 1000}, "model": {"kernel": "implicit"},
-          "task": {"loss": "l1"}, "seed": 0}
+RECIPE = {
+    "group": {"name": "o3"},
+    "dataset": {"subset": 1000},
+    "model": {"kernel": "implicit"},
+    "task": {"loss": "l1"},
+    "seed": 0,
+}
 
 
 def _cfg(tmp_path, **changes):
     recipe = {**RECIPE, **changes}
-    return OmegaConf.create({**recipe, "paths": {"output_dir": str(tmp_path)}, "ckpt_path": None, "resume": "auto"})
+    return OmegaConf.create(
+        {**recipe, "paths": {"output_dir": str(tmp_path)}, "ckpt_path": None, "resume": "auto"}
+    )
 
 
 def _write_last(tmp_path, stored: dict) -> None:

@@ -44,10 +44,14 @@ def _molecules(generator: torch.Generator) -> Batch:
     for n in (5, 8, 3):
         ei = torch.combinations(torch.arange(n)).T
         ei = torch.cat([ei, ei.flip(0)], 1)
-        mols.append(Data(pos=1.5 * torch.randn(n, 3, generator=generator),
-                         x=F.one_hot(torch.randint(0, 5, (n,), generator=generator), 5).float(),
-                         edge_index=ei,
-                         edge_attr=F.one_hot(torch.randint(0, 4, (ei.shape[1],), generator=generator), 4).float()))
+        mols.append(
+            Data(
+                pos=1.5 * torch.randn(n, 3, generator=generator),
+                x=F.one_hot(torch.randint(0, 5, (n,), generator=generator), 5).float(),
+                edge_index=ei,
+                edge_attr=F.one_hot(torch.randint(0, 4, (ei.shape[1],), generator=generator), 4).float(),
+            )
+        )
     return Batch.from_data_list(mols)
 
 
@@ -56,24 +60,40 @@ def _particles(generator: torch.Generator) -> Batch:
     for _ in range(3):
         ei = torch.tensor([[i, j] for i in range(5) for j in range(5) if i != j]).T
         q = torch.randint(0, 2, (5, 1), generator=generator).float() * 2 - 1
-        systems.append(Data(pos=torch.randn(5, 3, generator=generator), vel=torch.randn(5, 3, generator=generator),
-                            charge=q, edge_index=ei, edge_attr=q[ei[0]] * q[ei[1]]))
+        systems.append(
+            Data(
+                pos=torch.randn(5, 3, generator=generator),
+                vel=torch.randn(5, 3, generator=generator),
+                charge=q,
+                edge_index=ei,
+                edge_attr=q[ei[0]] * q[ei[1]],
+            )
+        )
     return Batch.from_data_list(systems)
 
 
 def _clouds(generator: torch.Generator) -> Batch:
-    return Batch.from_data_list([
-        Data(pos=torch.randn(64, 3, generator=generator),
-             normal=F.normalize(torch.randn(64, 3, generator=generator), dim=1)) for _ in range(2)])
+    return Batch.from_data_list(
+        [
+            Data(
+                pos=torch.randn(64, 3, generator=generator),
+                normal=F.normalize(torch.randn(64, 3, generator=generator), dim=1),
+            )
+            for _ in range(2)
+        ]
+    )
 
 
-@pytest.mark.parametrize("group,kwargs", [
-    ("o3", {}),
-    ("o3", {"edge_attrs": True, "node_attrs": True}),
-    ("so3", {"kernel": "analytic"}),
-    ("cyl", {}),
-    ("o3", {"targets": ["polarizability_tensor"]}),
-])
+@pytest.mark.parametrize(
+    "group,kwargs",
+    [
+        ("o3", {}),
+        ("o3", {"edge_attrs": True, "node_attrs": True}),
+        ("so3", {"kernel": "analytic"}),
+        ("cyl", {}),
+        ("o3", {"targets": ["polarizability_tensor"]}),
+    ],
+)
 def test_qm9_model_equivariance(group, kwargs):
     torch.manual_seed(0)
     model = QM9Model(group={"name": group}, num_features=4, num_blocks=1, conv=SMALL_CONV, **kwargs)
@@ -83,8 +103,9 @@ def test_qm9_model_equivariance(group, kwargs):
     assert model_error(*_for_check(model, batch)) < TOL
 
 
-@pytest.mark.parametrize("group,kwargs", [("o3", {}), ("so2", {"use_normals": True}),
-                                          ("so2", {"kernel": "analytic"})])
+@pytest.mark.parametrize(
+    "group,kwargs", [("o3", {}), ("so2", {"use_normals": True}), ("so2", {"kernel": "analytic"})]
+)
 def test_modelnet_model_invariance(group, kwargs):
     torch.manual_seed(0)
     stages = [{"channels": 4, "ratio": 1.0, "k": 8}, {"channels": 4, "ratio": 0.25, "k": 8}]
@@ -114,8 +135,10 @@ def test_modelnet_reflection_changes_nothing_only_when_in_group(group):
         assert error > 1e-4
 
 
-@pytest.mark.parametrize("group,kwargs", [("o3", {}), ("so2", {}),
-                                          ("so3", {"kernel": "analytic", "edge_attrs": False, "node_attrs": False})])
+@pytest.mark.parametrize(
+    "group,kwargs",
+    [("o3", {}), ("so2", {}), ("so3", {"kernel": "analytic", "edge_attrs": False, "node_attrs": False})],
+)
 def test_nbody_model_equivariance(group, kwargs):
     torch.manual_seed(0)
     model = NBodyModel(group={"name": group}, num_features=4, num_layers=2, conv=SMALL_CONV, **kwargs)
@@ -145,4 +168,6 @@ def test_equivariance_check_detects_a_broken_model():
         return model(b)
 
     assert model_error(model, batch, forward=broken) > 1e-3
-    assert transform_batch(batch, model.group, model.group.sample(1, seed=0)[0], ()).pos.shape == batch.pos.shape
+    assert (
+        transform_batch(batch, model.group, model.group.sample(1, seed=0)[0], ()).pos.shape == batch.pos.shape
+    )
