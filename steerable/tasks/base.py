@@ -58,3 +58,19 @@ class BaseTask(pl.LightningModule):
             "scheduler": scheduler, "interval": self.hparams.scheduler_interval,
             "monitor": self.hparams.monitor,
         }}
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        """Loss of one batch; logs the stage's metrics. Implemented by each task."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self(batch)

@@ -57,14 +57,5 @@ class ClassificationTask(BaseTask):
         self._log_stage(stage, {"loss": loss, "acc": acc}, batch_size=target.shape[0])
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._probabilities(batch)

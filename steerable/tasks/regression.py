@@ -71,15 +71,3 @@ class RegressionTask(BaseTask):
             metrics[f"{name}_mae_{unit}"] = value
         self._log_stage(stage, metrics, batch_size=batch.y.shape[0])
         return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self(batch)

@@ -30,15 +30,3 @@ class TrajectoryTask(BaseTask):
         loss = F.mse_loss(self.model(batch), batch.y)
         self._log_stage(stage, {"loss": loss, "mse": loss}, batch_size=batch.num_graphs)
         return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self(batch)
