@@ -90,7 +90,10 @@ def check_same_recipe(ckpt: Path, cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the sections whose values differ from the checkpoint's stored config.
     """
-    stored = torch.load(ckpt, map_location="cpu", weights_only=True).get(CONFIG_KEY)
+    try:
+        stored = torch.load(ckpt, map_location="cpu", weights_only=True).get(CONFIG_KEY)
+    except Exception:  # unreadable/foreign file: Lightning's own loading reports it when resuming
+        return
     if stored is None:
         return
     current = plain_config(cfg)
