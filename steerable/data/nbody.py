@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
@@ -36,6 +35,7 @@ from torch_geometric.loader import DataLoader
 
 from steerable.data.nbody_io import SPLITS, ensure_split, load_split, split_params
 from steerable.data.nbody_sim import SimConfig
+from steerable.data.split_loaders import SplitDataModule
 
 
 def fully_connected_edges(n: int) -> torch.Tensor:
@@ -99,7 +99,7 @@ def baseline_mse(pos: torch.Tensor, vel: torch.Tensor, y: torch.Tensor, horizon:
     return out
 
 
-class NBodyDataModule(pl.LightningDataModule):
+class NBodyDataModule(SplitDataModule):
     """Charged N-body DataModule; generates the three splits into ``data_dir`` on first use.
 
     Args:
@@ -162,15 +162,6 @@ class NBodyDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
     def baselines(self, split: str = "test") -> dict[str, float]:
         """:func:`baseline_mse` on a whole split, ``linear`` with τ fitted on the training split.

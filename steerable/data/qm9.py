@@ -20,7 +20,6 @@ import logging
 from collections.abc import Mapping
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
@@ -39,6 +38,7 @@ from steerable.data.qm9_targets import (
     polarizability_matrix,
     validate_targets,
 )
+from steerable.data.split_loaders import SplitDataModule
 
 __all__ = ["QM9DataModule", "QM9Graphs", "split_indices", "molecules_to_batch", "read_molecules"]
 
@@ -94,7 +94,7 @@ class QM9Graphs(Dataset):
         )
 
 
-class QM9DataModule(pl.LightningDataModule):
+class QM9DataModule(SplitDataModule):
     """QM9 train/val/test loaders with standardisation statistics.
 
     Args:
@@ -227,11 +227,3 @@ class QM9DataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pytorch_lightning as pl
 import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
+from steerable.data.split_loaders import SplitDataModule
 from steerable.transforms import random_orthogonal
 
 Kind = Literal["regression", "classification", "trajectory"]
@@ -63,7 +63,7 @@ def make_sample(kind: Kind, num_points: int, radius: float, generator: torch.Gen
     return data
 
 
-class SyntheticPointCloudDataModule(pl.LightningDataModule):
+class SyntheticPointCloudDataModule(SplitDataModule):
     """Deterministic random clouds split 80/10/10.
 
     Args:
@@ -116,11 +116,3 @@ class SyntheticPointCloudDataModule(pl.LightningDataModule):
         return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
