@@ -98,8 +98,8 @@ def contraction_rate(conv, inputs: dict, repeats: int) -> dict:
     x, num = inputs["x"], inputs["x"].shape[0]
     with torch.no_grad():
         rel = inputs["pos"][src] - inputs["pos"][dst]
-        h, _ = conv.kernel.hidden(rel)
-        w_tilde, _ = conv.kernel.weight_and_bias()
+        h, _, affine = conv.kernel.hidden(rel)
+        w_tilde, _ = conv.kernel.weight_and_bias(affine)
         w_flat = w_tilde.reshape(w_tilde.shape[0], -1)
 
         def contract():
@@ -121,7 +121,7 @@ def phi_time(conv, inputs: dict, repeats: int) -> float:
 
     def step():
         conv.zero_grad(set_to_none=True)
-        h, window = conv.kernel.hidden(rel)
+        h, window, _ = conv.kernel.hidden(rel)
         (h.sum() + window.sum()).backward()
 
     step()

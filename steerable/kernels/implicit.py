@@ -32,6 +32,8 @@ from steerable.groups import GroupSpec
 from steerable.kernels.linear import EquivariantLinear
 from steerable.nn.field_ops import FieldBatchNorm, FieldLayout, build_nonlinearity
 
+Affine = tuple[torch.Tensor, torch.Tensor]  # per-channel (scale, shift) of a pending batch norm
+
 
 def band_limited_spec(channels: int, band_limit: int, dim: int = 3) -> str:
     """Hidden field spec: ``channels`` copies of every O(d) irrep of frequency ≤ ``band_limit``."""
@@ -204,24 +206,42 @@ class ImplicitKernel(nn.Module):
             self._square_map[key] = torch.as_tensor(self._square_basis, dtype=like.dtype, device=like.device)
         return self._square_map[key]
 
+    def layers(self) -> list[tuple[nn.Module, nn.Module, FieldBatchNorm | None]]:
+        """φ's hidden layers as ``(linear, nonlinearity, batch norm or None)`` triples (not the Hom)."""
+        modules, triples = list(self.mlp), []
+        while modules:
+            linear, gate = modules.pop(0), modules.pop(0)
+            norm = modules.pop(0) if modules and isinstance(modules[0], FieldBatchNorm) else None
+            triples.append((linear, gate, norm))
+        return triples
+
     def hidden(
         self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """φ's last hidden activation times the radial window, and the window itself.
+    ) -> tuple[torch.Tensor, torch.Tensor, Affine | None]:
+        """φ's last hidden activation (before its batch norm) times the radial window.
 
-        Shapes: ``rel_pos: (E, d) → (E, H), (E,)``.
+        Every batch norm is returned as a pending affine map ``y = a·scale + shift`` and folded into the
+        following linear layer (or, for the last one, into the Hom layer by :meth:`weight_and_bias`)
+        instead of being applied: the statistics cost one reduction pass and the normalisation is free.
+
+        Shapes: ``rel_pos: (E, d) → a·w (E, H), w (E,)``; affine: ``(scale (H,), shift (H,))`` or None.
         """
         feats, r = self.edge_features(rel_pos, attr)
         window = self.window(r)
-        return self.mlp(feats) * window[:, None], window
+        activation, affine = feats, None
+        for linear, gate, norm in self.layers():
+            activation = gate.linear_forward(activation, *fold_affine(linear.weight_and_bias(), affine))
+            affine = None if norm is None else norm.affine(activation)
+        return activation * window[:, None], window, affine
 
-    def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def weight_and_bias(self, affine: Affine | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The Hom layer reshaped for contraction: ``W̃ (C_out, H, C_in)`` and ``B (C_out, C_in)`` or None.
 
-        ``k(x) = Σ_h W̃[:, h, :] · hidden(x)[h] + w(|x|)·B`` (B: the Hom layer's bias on invariant blocks).
-        Both are scaled per output field (``hom_scale``) so messages have unit variance at initialisation.
+        ``k(x) = Σ_h W̃[:, h, :] · hidden(x)[h] + w(|x|)·B`` (B: the Hom layer's bias on invariant blocks),
+        with the pending batch-norm ``affine`` of :meth:`hidden` folded in. Both are scaled per output
+        field (``hom_scale``) so messages have unit variance at initialisation.
         """
-        weight, bias = self.hom.weight_and_bias()
+        weight, bias = fold_affine(self.hom.weight_and_bias(), affine)
         c_out, c_in, h = self.out_type.size, self.in_type.size, self.hidden_size
         scale = self.hom_scale.to(weight.dtype)
         full = weight.new_zeros(c_out * c_in, h).index_copy(0, self.flat_index, weight * scale[:, None])
@@ -273,12 +293,27 @@ class ImplicitKernel(nn.Module):
 
     def kernel(self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None) -> torch.Tensor:
         """Per-edge kernel matrices ``w(r)·(W φ(x) + b)``: ``(E, C_out, C_in)`` (readable, memory-hungry)."""
-        h, window = self.hidden(rel_pos, attr)
-        w_tilde, bias = self.weight_and_bias()
+        h, window, affine = self.hidden(rel_pos, attr)
+        w_tilde, bias = self.weight_and_bias(affine)
         k = torch.einsum("ohi,eh->eoi", w_tilde, h)
         if bias is not None:
             k = k + window[:, None, None] * bias
         return k
+
+
+def fold_affine(
+    weight_and_bias: tuple[torch.Tensor, torch.Tensor | None], affine: Affine | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(W, b)`` of a linear layer applied after ``x ↦ x·scale + shift``: ``(W·diag(scale), b + W·shift)``.
+
+    Equivariant whenever the affine map is (a batch norm: per-field scale, shift on trivial channels).
+    """
+    weight, bias = weight_and_bias
+    if affine is None:
+        return weight, bias
+    scale, shift = affine
+    moved = weight @ shift
+    return weight * scale, moved if bias is None else bias + moved
 
 
 def _symmetric_square(group: GroupSpec) -> tuple[list[Representation], np.ndarray]:

@@ -10,7 +10,10 @@ them, or any scalar gate applied to a whole field, is exactly G-equivariant.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
+import torch.nn.functional as F
 from escnn.nn import FieldType
 from torch import nn
 
@@ -47,37 +50,104 @@ class FieldLayout(nn.Module):
         self.register_buffer(
             "gate_of_channel", gate_index.clamp(min=0)[self.field_of_channel], persistent=False
         )
+        self.runs = _field_runs(sizes, trivial)
 
     def field_sq_norms(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C) → (N, F)`` squared norm of every field (G-invariant)."""
-        out = x.new_zeros(x.shape[0], self.num_fields)
-        return out.index_add_(1, self.field_of_channel, x * x)
+        return torch.cat([run.view(x).square().sum(-1) for run in self.runs], dim=-1)
 
 
-class GatedNonlinearity(nn.Module):
+@dataclass(frozen=True)
+class FieldRun:
+    """Consecutive fields of one size and triviality: channels ``[start, stop)``, fields from ``first_field``.
+
+    Non-trivial runs also own the gate slots ``[first_gate, first_gate + count)``. Working run by run
+    replaces per-channel gathers (``x[:, index]`` and its scatter backward) by reshaped views.
+    """
+
+    start: int
+    stop: int
+    first_field: int
+    count: int
+    dim: int
+    trivial: bool
+    first_gate: int
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C) → (N, count, dim)`` view of this run's channels."""
+        return x[:, self.start : self.stop].view(x.shape[0], self.count, self.dim)
+
+
+def _field_runs(sizes: list[int], trivial: list[bool]) -> list[FieldRun]:
+    runs: list[FieldRun] = []
+    channel = gate = 0
+    for field, (size, is_trivial) in enumerate(zip(sizes, trivial)):
+        last = runs[-1] if runs else None
+        if last is not None and last.dim == size and last.trivial == is_trivial:
+            runs[-1] = replace(last, stop=last.stop + size, count=last.count + 1)
+        else:
+            runs.append(FieldRun(channel, channel + size, field, 1, size, is_trivial, gate))
+        channel += size
+        gate += 0 if is_trivial else 1
+    return runs
+
+
+class _RunwiseNonlinearity(nn.Module):
+    """Shared plumbing: apply a nonlinearity field run by field run (see :class:`FieldRun`).
+
+    ``linear_forward(x, W, b)`` equals ``forward(F.linear(x, W, b))`` but multiplies by W one run of rows
+    at a time, so every run's pre-activation is a contiguous tensor (elementwise ops on column slices of
+    one wide matrix are ~4× slower on CPU, and their backward scatters into zero-filled copies).
+    """
+
+    def __init__(self, field_type: FieldType, activation: nn.Module | None):
+        super().__init__()
+        self.layout = FieldLayout(field_type)
+        self.activation = activation or nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = [run.stop - run.start for run in self.layout.runs]
+        pieces = list(x.split([*sizes, x.shape[1] - self.layout.size], dim=1))
+        return self._apply_runs(pieces[:-1], pieces[-1])
+
+    def linear_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``forward(F.linear(x, weight, bias))`` with one matmul per run (and one for the trailing gates)."""
+        bounds = [(run.start, run.stop) for run in self.layout.runs] + [(self.layout.size, weight.shape[0])]
+        pieces = [F.linear(x, weight[a:b], None if bias is None else bias[a:b]) for a, b in bounds]
+        return self._apply_runs(pieces[:-1], pieces[-1])
+
+    def _apply_runs(self, pieces: list[torch.Tensor], gates: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GatedNonlinearity(_RunwiseNonlinearity):
     """Exactly equivariant nonlinearity for any FieldType.
 
     Input type ``T ⊕ k×trivial`` (``k`` = number of non-trivial fields of T, the gates, last);
     output type ``T``. Trivial fields of T go through ``activation``; every non-trivial field is
-    multiplied by ``sigmoid`` of its own gate, which is invariant, so ρ(g) commutes with the gating.
+    multiplied by ``2·sigmoid`` of its own gate, which is invariant, so ρ(g) commutes with the gating.
 
     Shapes: ``x: (N, T.size + k) → (N, T.size)``.
     """
 
     def __init__(self, field_type: FieldType, activation: nn.Module | None = None):
-        super().__init__()
-        self.layout = FieldLayout(field_type)
-        self.activation = activation or nn.SiLU()
+        super().__init__(field_type, activation)
         self.num_gates = self.layout.num_nontrivial
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features, gates = x[:, : self.layout.size], x[:, self.layout.size :]
-        act = self.activation(features)
-        if self.num_gates == 0:
-            return act
+    def _apply_runs(self, pieces: list[torch.Tensor], gates: torch.Tensor) -> torch.Tensor:
         # 2·sigmoid keeps the expected gain of the gate ≈ 1 at initialisation.
-        gated = features * (2 * torch.sigmoid(gates))[:, self.layout.gate_of_channel]
-        return torch.where(self.layout.trivial_channel, act, gated)
+        gates = 2 * torch.sigmoid(gates) if self.num_gates else gates
+        out = []
+        for run, piece in zip(self.layout.runs, pieces):
+            if run.trivial:
+                out.append(self.activation(piece))
+            else:
+                gate = gates[:, run.first_gate : run.first_gate + run.count, None]
+                fields = piece.view(piece.shape[0], run.count, run.dim)
+                out.append((fields * gate).view(piece.shape))
+        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
 
 
 class FieldBatchNorm(nn.Module):
@@ -100,22 +170,47 @@ class FieldBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(self.layout.num_fields))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.affine(x)
+        return torch.addcmul(shift, x, scale)
+
+    def affine(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalisation as ``y = x·scale + shift``, both ``(C,)``; batch statistics of ``x`` in training.
+
+        Updates the running statistics in training mode. ``x`` may be None in eval mode. Returning the
+        affine map (instead of applying it) lets a following linear layer absorb it for free.
+        """
+        if self.training and x is not None and x.shape[0] > 1:
+            return self.affine_from_moments(*self.moments(x), x.shape[0])
+        return self._affine(self.running_mean, self.running_var)
+
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel sums ``Σ x`` and ``Σ x²`` over the batch, ``(C,)`` each (addable across chunks)."""
+        return x.sum(0), (x * x).sum(0)  # 7× faster than linalg.vector_norm(x, dim=0) on CPU
+
+    def affine_from_moments(
+        self, total: torch.Tensor, total_sq: torch.Tensor, count: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-mode affine map from the moments of ``count`` rows; updates the running statistics."""
         lay = self.layout
-        if self.training and x.shape[0] > 1:
-            mean = torch.where(lay.trivial_channel, x.mean(0), torch.zeros_like(x[0]))
-            var = lay.field_sq_norms(x - mean).mean(0) / lay.field_dim
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var, self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
+        channel_mean = total / count
+        mean = torch.where(lay.trivial_channel, channel_mean, torch.zeros_like(channel_mean))
+        # Σ_c∈f E[(x_c − mean_c)²] = Σ_c∈f (E[x_c²] − mean_c²); mean is zero on non-trivial channels.
+        centred_sq = (total_sq / count - mean.square()).clamp(min=0)
+        var = torch.cat([run.view(centred_sq[None]).sum(-1)[0] for run in lay.runs]) / lay.field_dim
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach(), self.momentum)
+        return self._affine(mean, var)
+
+    def _affine(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lay = self.layout
         scale = (self.weight * torch.rsqrt(var + self.eps))[lay.field_of_channel]
         bias = torch.where(lay.trivial_channel, self.bias, torch.zeros_like(self.bias))
-        return (x - mean) * scale + bias
+        return scale, bias - mean * scale
 
 
-class NormNonlinearity(nn.Module):
-    """Exactly equivariant norm nonlinearity: ``x_f ↦ x_f · sigmoid(‖x_f‖ − b_f)`` on non-trivial fields.
+class NormNonlinearity(_RunwiseNonlinearity):
+    """Exactly equivariant norm nonlinearity: ``x_f ↦ x_f · 2·sigmoid(‖x_f‖ − b_f)`` on non-trivial fields.
 
     Trivial fields go through ``activation``. Needs no gate channels (input type = output type).
 
@@ -125,16 +220,20 @@ class NormNonlinearity(nn.Module):
     num_gates = 0
 
     def __init__(self, field_type: FieldType, activation: nn.Module | None = None):
-        super().__init__()
-        self.layout = FieldLayout(field_type)
-        self.activation = activation or nn.SiLU()
+        super().__init__(field_type, activation)
         self.bias = nn.Parameter(torch.zeros(self.layout.num_fields))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lay = self.layout
-        norms = torch.sqrt(lay.field_sq_norms(x) + 1e-12)
-        gated = x * (2 * torch.sigmoid(norms - self.bias))[:, lay.field_of_channel]
-        return torch.where(lay.trivial_channel, self.activation(x), gated)
+    def _apply_runs(self, pieces: list[torch.Tensor], gates: torch.Tensor) -> torch.Tensor:
+        out = []
+        for run, piece in zip(self.layout.runs, pieces):
+            if run.trivial:
+                out.append(self.activation(piece))
+                continue
+            fields = piece.view(piece.shape[0], run.count, run.dim)
+            norms = torch.sqrt(fields.square().sum(-1, keepdim=True) + 1e-12)
+            bias = self.bias[run.first_field : run.first_field + run.count, None]
+            out.append((fields * (2 * torch.sigmoid(norms - bias))).view(piece.shape))
+        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
 
 
 NONLINEARITIES = {"gated": GatedNonlinearity, "norm": NormNonlinearity}

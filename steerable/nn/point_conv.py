@@ -155,8 +155,8 @@ class ImplicitPointConv(MessagePassing):
         return torch.einsum("eoi,ei->eo", kernels, x_j)
 
     def _nodewise(self, x, rel_pos, attr, src, dst, num_dst) -> torch.Tensor:
-        h, window = self.kernel.hidden(rel_pos, attr)
-        w_tilde, bias = self.kernel.weight_and_bias()
+        h, window, affine = self.kernel.hidden(rel_pos, attr)
+        w_tilde, bias = self.kernel.weight_and_bias(affine)
         layout = segment_layout(dst, num_dst)  # one degree/padding analysis for both sums
         outer, windowed_sum = aggregate_outer_and_sum(h, x[src], None if bias is None else window, layout)
         out = outer.reshape(num_dst, -1) @ w_tilde.reshape(w_tilde.shape[0], -1).T

@@ -52,7 +52,7 @@ def test_broken_hom_weights_violate_the_constraint(nonlinearity, monkeypatch):
                             nonlinearity=nonlinearity)
     clean = kernel.weight_and_bias
     noise = 1e-2 * torch.randn_like(clean()[0])
-    monkeypatch.setattr(kernel, "weight_and_bias", lambda: (clean()[0] + noise, clean()[1]))
+    monkeypatch.setattr(kernel, "weight_and_bias", lambda a=None: (clean(a)[0] + noise, clean(a)[1]))
     assert _kernel_error(kernel) > 1e-3
 
 
@@ -73,6 +73,59 @@ def test_field_ops_are_equivariant(param, module):
         for g in G.sample(4, seed=1):
             moved = op(x @ rep_matrix(in_type, g, x).T)
             assert relative_difference(moved, out @ rep_matrix(ft, g, out).T) <= 1e-5
+
+
+@pytest.mark.parametrize("module", ["gated", "norm"])
+def test_runwise_linear_forward_matches_forward(module):
+    """``linear_forward`` (one matmul per field run) is ``forward ∘ F.linear``, values and gradients."""
+    G = group("o3", 3)
+    ft = G.field_type("2x0e+1x0o+2x1o+1x0e+1x2e", on="fiber")  # runs interleave trivial and not
+    op = GatedNonlinearity(ft) if module == "gated" else NormNonlinearity(ft)
+    if module == "norm":
+        op.bias.data.normal_()
+    weight = torch.randn(ft.size + op.num_gates, 7, requires_grad=True)
+    bias, x = torch.randn(weight.shape[0], requires_grad=True), torch.randn(30, 7)
+    fast = op.linear_forward(x, weight, bias)
+    fast_grads = torch.autograd.grad(fast.square().sum(), (weight, bias))
+    slow = op(torch.nn.functional.linear(x, weight, bias))
+    slow_grads = torch.autograd.grad(slow.square().sum(), (weight, bias))
+    assert relative_difference(fast, slow) <= 1e-6
+    for a, b in zip(fast_grads, slow_grads):
+        assert relative_difference(a, b) <= 1e-6
+
+
+def test_batch_norm_matches_its_definition():
+    """Trivial channels: (x − mean)/std·γ + β per channel; other fields: x/√(E‖x_f‖²/dim f)·γ_f."""
+    G = group("o3", 3)
+    ft = G.field_type("2x0e+1x0o+1x1o+1x0e", on="fiber")
+    norm = FieldBatchNorm(ft)
+    norm.weight.data.uniform_(0.5, 2.0)
+    norm.bias.data.normal_()
+    x = 2 * torch.randn(500, ft.size) + 1.0
+    out = norm(x)
+    gamma, beta = norm.weight.detach(), norm.bias.detach()
+    trivial = [0, 1, 6]
+    expected = torch.empty_like(x)
+    for field, c in zip([0, 1, 4], trivial):
+        expected[:, c] = (x[:, c] - x[:, c].mean()) / torch.sqrt(x[:, c].var(unbiased=False) + 1e-5)
+        expected[:, c] = expected[:, c] * gamma[field] + beta[c]
+    for field, channels in ((2, [2]), (3, [3, 4, 5])):
+        rms = torch.sqrt(x[:, channels].square().sum(1).mean() / len(channels) + 1e-5)
+        expected[:, channels] = x[:, channels] / rms * gamma[field]
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_folded_batch_norm_equals_applying_it():
+    """φ folds each batch norm into the next linear layer; the kernel equals the layer-by-layer MLP."""
+    G = group("o3")
+    kernel = ImplicitKernel(G, G.field_type("2x0e+1x1o"), G.field_type("1x0e+1x1o+1x2e"), channels=4)
+    rel = torch.randn(50, 3)
+    folded = kernel.kernel(rel)
+    feats, r = kernel.edge_features(rel)
+    hidden = kernel.mlp(feats) * kernel.window(r)[:, None]  # Sequential: linear → gate → norm, applied
+    w_tilde, bias = kernel.weight_and_bias()
+    explicit = torch.einsum("ohi,eh->eoi", w_tilde, hidden) + kernel.window(r)[:, None, None] * bias
+    assert relative_difference(folded, explicit) <= 1e-5
 
 
 # --- reference vs node-wise -------------------------------------------------------------------------

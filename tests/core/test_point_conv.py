@@ -157,11 +157,12 @@ def test_broken_kernel_fails_the_check(breakage, monkeypatch):
         index = next(i for i, m in enumerate(conv.kernel.mlp) if hasattr(m, "weight_and_bias"))
         original = conv.kernel.mlp[index]
         plain = torch.nn.Linear(original.in_type.size, original.out_type.size)
-        conv.kernel.mlp[index] = plain  # same shapes, unconstrained weights
+        plain.weight_and_bias = lambda: (plain.weight, plain.bias)  # same shapes, unconstrained weights
+        conv.kernel.mlp[index] = plain
     else:
         clean = conv.kernel.weight_and_bias
         noise = 1e-2 * torch.randn_like(clean()[0])
-        monkeypatch.setattr(conv.kernel, "weight_and_bias", lambda: (clean()[0] + noise, clean()[1]))
+        monkeypatch.setattr(conv.kernel, "weight_and_bias", lambda a=None: (clean(a)[0] + noise, clean(a)[1]))
     assert max(point_module_errors(conv, x, pos, edge_index)) > 1e-3
     with pytest.raises(AssertionError, match="equivariance error"):
         assert_equivariant_point_module(conv, x, pos, edge_index)
