@@ -26,7 +26,8 @@ import torch
 from steerable.bench.shapes import build_inputs
 
 MARK = "RESULT "
-VARIANTS = ("reference", "nodewise", "analytic")
+VARIANTS = ("reference", "nodewise", "chunked", "analytic")
+CHUNK_EDGES = 1024  # the ``chunked`` variant: node-wise with φ recomputed per chunk of ~1k edges
 
 
 def _status_mb(key: str) -> float:
@@ -78,11 +79,13 @@ def median_time(fn: Callable[[], object], repeats: int,
 
 
 def build_conv(group, variant: str, in_type: str, out_type: str, kernel: dict) -> torch.nn.Module:
-    """The layer under test: implicit conv on one of its two paths, or escnn's analytic point conv."""
+    """The layer under test: implicit conv (``reference``, ``nodewise``, ``chunked``) or escnn's analytic."""
     if variant == "analytic":
         from steerable.nn.analytic import AnalyticPointConv
         return AnalyticPointConv(group, in_type, out_type)
     from steerable.nn.point_conv import ImplicitPointConv
+    if variant == "chunked":
+        return ImplicitPointConv(group, in_type, out_type, path="nodewise", chunk_edges=CHUNK_EDGES, **kernel)
     return ImplicitPointConv(group, in_type, out_type, path=variant, **kernel)
 
 

@@ -33,6 +33,7 @@ from steerable.kernels.linear import EquivariantLinear
 from steerable.nn.field_ops import FieldBatchNorm, FieldLayout, build_nonlinearity
 
 Affine = tuple[torch.Tensor, torch.Tensor]  # per-channel (scale, shift) of a pending batch norm
+LinearWeights = tuple[torch.Tensor, torch.Tensor | None]  # expanded (W, b) of an equivariant linear layer
 
 
 def band_limited_spec(channels: int, band_limit: int, dim: int = 3) -> str:
@@ -234,6 +235,23 @@ class ImplicitKernel(nn.Module):
             affine = None if norm is None else norm.affine(activation)
         return activation * window[:, None], window, affine
 
+    def hidden_given(
+        self, rel_pos: torch.Tensor, attr: torch.Tensor | None, weights: list[LinearWeights], layers: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The activation of hidden layer ``layers`` (1-based) and the radial window, given the layer weights.
+
+        ``weights`` are the per-layer ``(W, b)`` with every preceding batch norm already folded in
+        (statistics gathered beforehand, e.g. over all edges by :mod:`steerable.nn.chunked`), so no batch
+        norm is evaluated here and any subset of the edges gives the same rows as the full set.
+
+        Shapes: ``rel_pos: (E, d) → (E, H), (E,)``.
+        """
+        feats, r = self.edge_features(rel_pos, attr)
+        activation = feats
+        for (_, gate, _), (weight, bias) in zip(self.layers()[:layers], weights):
+            activation = gate.linear_forward(activation, weight, bias)
+        return activation, self.window(r)
+
     def weight_and_bias(self, affine: Affine | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The Hom layer reshaped for contraction: ``W̃ (C_out, H, C_in)`` and ``B (C_out, C_in)`` or None.
 
@@ -301,9 +319,7 @@ class ImplicitKernel(nn.Module):
         return k
 
 
-def fold_affine(
-    weight_and_bias: tuple[torch.Tensor, torch.Tensor | None], affine: Affine | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def fold_affine(weight_and_bias: LinearWeights, affine: Affine | None) -> LinearWeights:
     """``(W, b)`` of a linear layer applied after ``x ↦ x·scale + shift``: ``(W·diag(scale), b + W·shift)``.
 
     Equivariant whenever the affine map is (a batch norm: per-field scale, shift on trivial channels).

@@ -20,6 +20,7 @@ from torch_geometric.nn import MessagePassing
 
 from steerable.groups import GroupSpec
 from steerable.kernels.implicit import ImplicitKernel
+from steerable.nn.chunked import chunked_messages
 from steerable.nn.contraction import aggregate_outer_and_sum, segment_layout
 from steerable.nn.field_ops import FieldLayout
 
@@ -36,6 +37,10 @@ class ImplicitPointConv(MessagePassing):
         node_attr_type: optional FieldType/spec of node attributes; source and target attributes
             are concatenated to the edge input of the kernel MLP.
         path: ``"nodewise"`` (fast) or ``"reference"`` (per-edge kernels).
+        chunk_edges: node-wise path only: process target nodes in chunks of about this many edges and
+            recompute the kernel MLP in backward (:mod:`steerable.nn.chunked`). Peak memory no longer
+            grows with φ's activations (≈ 40 B/edge instead of ≈ 2 kB/edge) at the cost of recomputing φ
+            (≈ 1.5–2× the step time). ``None`` (default): one pass over all edges.
         aggr: ``"mean"`` or ``"add"``.
         bias: learnable bias on the trivial fields of ``out_type``.
         **kernel_kwargs: forwarded to :class:`ImplicitKernel` (channels, band_limit, n_layers, ...).
@@ -62,6 +67,7 @@ class ImplicitPointConv(MessagePassing):
         edge_attr_type: FieldType | str | None = None,
         node_attr_type: FieldType | str | None = None,
         path: Literal["nodewise", "reference"] = "nodewise",
+        chunk_edges: int | None = None,
         aggr: str = "mean",
         bias: bool = True,
         **kernel_kwargs,
@@ -73,6 +79,9 @@ class ImplicitPointConv(MessagePassing):
         self.in_type = group.field_type(in_type)
         self.out_type = group.field_type(out_type)
         self.path = path
+        if chunk_edges is not None and chunk_edges < 1:
+            raise ValueError(f"chunk_edges must be a positive number of edges or None, got {chunk_edges}")
+        self.chunk_edges = chunk_edges
         attr_reps = []
         self.edge_attr_size = self.node_attr_size = 0
         if edge_attr_type is not None:
@@ -155,6 +164,9 @@ class ImplicitPointConv(MessagePassing):
         return torch.einsum("eoi,ei->eo", kernels, x_j)
 
     def _nodewise(self, x, rel_pos, attr, src, dst, num_dst) -> torch.Tensor:
+        if self.chunk_edges is not None and src.numel() > self.chunk_edges:
+            out, deg = chunked_messages(self.kernel, x, rel_pos, attr, src, dst, num_dst, self.chunk_edges)
+            return out / deg.clamp(min=1).to(out.dtype)[:, None] if self.aggr == "mean" else out
         h, window, affine = self.kernel.hidden(rel_pos, attr)
         w_tilde, bias = self.kernel.weight_and_bias(affine)
         layout = segment_layout(dst, num_dst)  # one degree/padding analysis for both sums
@@ -167,4 +179,5 @@ class ImplicitPointConv(MessagePassing):
         return out
 
     def extra_repr(self) -> str:
-        return f"{self.in_type.size} -> {self.out_type.size}, group={self.group.name}, path={self.path}"
+        text = f"{self.in_type.size} -> {self.out_type.size}, group={self.group.name}, path={self.path}"
+        return text if self.chunk_edges is None else f"{text}, chunk_edges={self.chunk_edges}"

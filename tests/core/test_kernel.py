@@ -12,6 +12,7 @@ import torch
 
 from steerable.equivariance import rep_matrix, std_matrix
 from steerable.kernels import ImplicitKernel
+from steerable.nn.chunked import node_chunks
 from steerable.nn.contraction import segment_layout
 from steerable.nn.field_ops import FieldBatchNorm, GatedNonlinearity, NormNonlinearity
 from steerable.nn.point_conv import ImplicitPointConv
@@ -182,6 +183,63 @@ def test_reference_and_nodewise_agree(kind, aggr):
         bias = torch.zeros(conv.out_type.size)
         bias[conv.out_layout.trivial_channel] = conv.bias.detach()
         torch.testing.assert_close(out_node[isolated], bias.expand(5, -1))  # no messages: bias only
+
+
+@pytest.mark.parametrize("chunk_edges", [1, 7, 1000])
+@pytest.mark.parametrize("aggr", ["mean", "add"])
+@pytest.mark.parametrize("kind", sorted(LAYOUT))
+def test_chunked_nodewise_agrees_with_reference(kind, aggr, chunk_edges):
+    """φ recomputed chunk by chunk (batch-norm statistics over all edges) = the per-edge reference."""
+    edge_index = _graph(kind)
+    conv = ImplicitPointConv(group("o3"), "2x0e+1x1o+1x2e", "2x0e+1x1o", aggr=aggr, channels=4,
+                             chunk_edges=chunk_edges)
+    x, pos = torch.randn(20, conv.in_type.size), torch.randn(20, 3)
+    out_ref, grad_ref = _forward_and_grads(conv, x, pos, edge_index, "reference")
+    out_node, grad_node = _forward_and_grads(conv, x, pos, edge_index, "nodewise")
+    assert relative_difference(out_node, out_ref) <= 1e-5
+    assert relative_difference(grad_node, grad_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("options", [dict(batch_norm=False), dict(nonlinearity="norm", n_layers=4),
+                                     dict(training=False)], ids=["no_bn", "norm_4_layers", "eval"])
+def test_chunked_nodewise_options(options):
+    options = dict(options)
+    training = options.pop("training", True)
+    conv = ImplicitPointConv(group("so3"), "2x0e+1x1o", "1x0e+2x1o", channels=4, chunk_edges=5, **options)
+    conv.train(training)
+    edge_index, x, pos = _graph("variable"), torch.randn(20, 5), torch.randn(20, 3)
+    out_ref, grad_ref = _forward_and_grads(conv, x, pos, edge_index, "reference")
+    out_node, grad_node = _forward_and_grads(conv, x, pos, edge_index, "nodewise")
+    assert relative_difference(out_node, out_ref) <= 1e-5
+    assert relative_difference(grad_node, grad_ref) <= 1e-5
+
+
+def test_chunked_updates_batch_norm_statistics_once():
+    conv = ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e+1x1o", channels=4, chunk_edges=3)
+    norms = [m for m in conv.modules() if isinstance(m, FieldBatchNorm)]
+    twin = ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e+1x1o", channels=4)
+    twin.load_state_dict(conv.state_dict())
+    edge_index, x, pos = _graph("variable"), torch.randn(20, 4), torch.randn(20, 3)
+    conv(x, pos, edge_index).sum().backward()  # backward recomputes φ: must not touch the statistics
+    twin(x, pos, edge_index)
+    twin_norms = [m for m in twin.modules() if isinstance(m, FieldBatchNorm)]
+    for a, b in zip(norms, twin_norms):
+        torch.testing.assert_close(a.running_var, b.running_var)
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        assert not torch.equal(a.running_var, torch.ones_like(a.running_var))
+
+
+def test_node_chunks_cover_every_node_and_edge():
+    deg = torch.tensor([3, 0, 5, 1, 1, 0, 9, 2, 0])
+    chunks = node_chunks(deg, 4)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(deg) and chunks[-1][3] == int(deg.sum())
+    for (n0, n1, e0, e1), nxt in zip(chunks, chunks[1:] + [None]):
+        assert int(deg[n0:n1].sum()) == e1 - e0
+        assert e1 - e0 <= 4 + int(deg[n0:n1].max())
+        if nxt is not None:
+            assert (n1, e1) == (nxt[0], nxt[2])
+    with pytest.raises(ValueError, match="chunk_edges"):
+        node_chunks(deg, 0)
 
 
 def test_reference_and_nodewise_agree_bipartite_with_attributes():
