@@ -48,6 +48,12 @@ def test_summary_ratios_and_slope_from_synthetic_rows():
     slopes = memory_slopes(rows)
     assert slopes["nodewise"]["bytes_per_edge"] == pytest.approx(4 * 2**20 / 400)
     assert slopes["bound_bytes_per_edge"] == 4 * (32 + 16)
+    # chunked rows are fitted only where E ≥ 2·chunk_edges (smaller graphs run in one piece)
+    chunked = [dict(r, variant="chunked", chunk_edges=300, peak_mb=m)
+               for r, m in zip(rows[1::2], (7.0, 5.0))] + [dict(rows[3], shape="sweep_k16", variant="chunked",
+                                                                 edges=1600, chunk_edges=300, peak_mb=5.5)]
+    chunked_slope = memory_slopes(rows + chunked)["chunked"]["bytes_per_edge"]
+    assert chunked_slope == pytest.approx(0.5 * 2**20 / 800)
     assert "sweep_k4" in format_table(lines)
 
 
@@ -62,7 +68,8 @@ def test_quick_bench_in_subprocesses_with_analytic_and_models(tmp_path):
     out = tmp_path / "bench.json"
     main(["--quick", "--threads", "1", "--only", "modelnet", "--out", str(out)])
     data = json.loads(out.read_text())
-    assert [r["variant"] for r in data["rows"] if "error" not in r] == ["reference", "nodewise", "analytic"]
+    variants = ["reference", "nodewise", "chunked", "analytic"]
+    assert [r["variant"] for r in data["rows"] if "error" not in r] == variants
     assert all(r["memory_method"] == "VmHWM-reset" for r in data["rows"])
     assert {m["model"] for m in data["models"]} == {"qm9", "modelnet"}
 

@@ -51,13 +51,15 @@ def summarise(rows: list[dict]) -> list[dict]:
     """One line per shape: times, memories, nodewise-vs-reference (and analytic) ratios."""
     lines = []
     for shape, variants in by_shape(rows).items():
-        ref, nw, an = (variants.get(v) for v in ("reference", "nodewise", "analytic"))
-        base = nw or ref or an
+        ref, nw, ch, an = (variants.get(v) for v in ("reference", "nodewise", "chunked", "analytic"))
+        base = nw or ref or ch or an
         line = dict(shape=shape, nodes=base["nodes"], edges=base["edges"], c_in=base["c_in"],
                     speedup=_ratio(ref, nw, "step_s"), memory_ratio=_ratio(ref, nw, "peak_mb"),
                     analytic_vs_nodewise_time=_ratio(an, nw, "step_s"),
-                    analytic_vs_nodewise_memory=_ratio(an, nw, "peak_mb"))
-        for name, row in (("reference", ref), ("nodewise", nw), ("analytic", an)):
+                    analytic_vs_nodewise_memory=_ratio(an, nw, "peak_mb"),
+                    chunked_speedup=_ratio(ref, ch, "step_s"),
+                    chunked_memory_ratio=_ratio(ref, ch, "peak_mb"))
+        for name, row in (("reference", ref), ("nodewise", nw), ("chunked", ch), ("analytic", an)):
             line[f"{name}_s"] = row.get("step_s") if row else None
             line[f"{name}_mb"] = row.get("peak_mb") if row else None
         if nw and "phi_s" in nw:
@@ -76,11 +78,16 @@ def _contraction_speedup(ref: dict | None, nw: dict) -> float | None:
 
 
 def memory_slopes(rows: list[dict], family_prefix: str = "sweep") -> dict:
-    """Least-squares slope of peak memory vs E over the sweep, in bytes per edge, per variant."""
+    """Least-squares slope of peak memory vs E over the sweep, in bytes per edge, per variant.
+
+    ``chunked`` is fitted over the sweep points that are actually cut into chunks (E ≥ 2·chunk_edges;
+    smaller graphs run in one piece, i.e. exactly as ``nodewise``).
+    """
     out = {}
     sweep = [r for r in rows if r["shape"].startswith(family_prefix) and r.get("peak_mb") is not None]
-    for variant in ("reference", "nodewise", "analytic"):
-        pts = [(r["edges"], r["peak_mb"]) for r in sweep if r["variant"] == variant]
+    for variant in ("reference", "nodewise", "chunked", "analytic"):
+        pts = [(r["edges"], r["peak_mb"]) for r in sweep if r["variant"] == variant
+               and r["edges"] >= 2 * r.get("chunk_edges", 0)]
         if len(pts) >= 2:
             e, mb = np.array(pts, dtype=float).T
             slope, intercept = np.polyfit(e, mb * 2**20, 1)
@@ -109,9 +116,10 @@ def goals(lines: list[dict], slopes: dict, models: list[dict]) -> list[dict]:
             add(f"{line['shape']} memory ratio", line["memory_ratio"], GOALS["modelnet_memory"])
         if line["shape"].startswith("qm9"):
             add(f"{line['shape']} speedup", line["speedup"], GOALS["qm9_speedup"])
-    if "nodewise" in slopes and "bound_bytes_per_edge" in slopes:
-        add("nodewise memory slope (bytes/edge)", slopes["nodewise"]["bytes_per_edge"],
-            slopes["bound_bytes_per_edge"], higher=False)
+    for variant in ("nodewise", "chunked"):
+        if variant in slopes and "bound_bytes_per_edge" in slopes:
+            add(f"{variant} memory slope (bytes/edge)", slopes[variant]["bytes_per_edge"],
+                slopes["bound_bytes_per_edge"], higher=False)
     for m in models:
         if m.get("model", "").startswith("modelnet") and m.get("train_speedup") is not None:
             add(f"{m['model']} training throughput ratio", m["train_speedup"], GOALS["model_speedup"])
@@ -124,15 +132,17 @@ def _fmt(v, spec: str) -> str:
 
 def format_table(lines: list[dict]) -> str:
     """Markdown table of the per-shape summary."""
-    head = ("| shape | N | E | C | ref s | nodewise s | analytic s | speedup | ref MB | nodewise MB | "
-            "analytic MB | mem ratio | φ share | contraction speedup | GFLOP/s |")
+    head = ("| shape | N | E | C | ref s | nodewise s | chunked s | analytic s | speedup | ref MB | "
+            "nodewise MB | chunked MB | analytic MB | mem ratio | chunked mem ratio | φ share | "
+            "contraction speedup | GFLOP/s |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for ln in lines:
         rows.append("| " + " | ".join([
             ln["shape"], str(ln["nodes"]), str(ln["edges"]), str(ln["c_in"]),
-            _fmt(ln["reference_s"], ".3f"), _fmt(ln["nodewise_s"], ".3f"), _fmt(ln["analytic_s"], ".3f"),
-            _fmt(ln["speedup"], ".1f") + "×", _fmt(ln["reference_mb"], ".0f"), _fmt(ln["nodewise_mb"], ".0f"),
-            _fmt(ln["analytic_mb"], ".0f"), _fmt(ln["memory_ratio"], ".1f") + "×",
+            _fmt(ln["reference_s"], ".3f"), _fmt(ln["nodewise_s"], ".3f"), _fmt(ln.get("chunked_s"), ".3f"),
+            _fmt(ln["analytic_s"], ".3f"), _fmt(ln["speedup"], ".1f") + "×", _fmt(ln["reference_mb"], ".0f"),
+            _fmt(ln["nodewise_mb"], ".0f"), _fmt(ln.get("chunked_mb"), ".0f"), _fmt(ln["analytic_mb"], ".0f"),
+            _fmt(ln["memory_ratio"], ".1f") + "×", _fmt(ln.get("chunked_memory_ratio"), ".1f") + "×",
             _fmt(ln.get("phi_share"), ".0%"), _fmt(ln.get("contraction_speedup"), ".1f") + "×",
             _fmt(ln.get("contraction_gflops"), ".1f")]) + " |")
     return "\n".join(rows)
@@ -144,7 +154,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = dict(reference="tab:red", nodewise="tab:blue", analytic="tab:green")
+    colours = dict(reference="tab:red", nodewise="tab:blue", chunked="tab:purple", analytic="tab:green")
     families = {"qm9": ("qm9", None, "s"), "modelnet C=32": ("modelnet", 32, "D"),
                 "modelnet C=64": ("modelnet", 64, "o"), "sweep": ("sweep", None, "^")}
     for variant, colour in colours.items():
