@@ -144,9 +144,9 @@ class GatedNonlinearity(_RunwiseNonlinearity):
             if run.trivial:
                 out.append(self.activation(piece))
             else:
-                gate = gates[:, run.first_gate : run.first_gate + run.count, None]
+                gate = gates[:, run.first_gate : run.first_gate + run.count]
                 fields = piece.view(piece.shape[0], run.count, run.dim)
-                out.append((fields * gate).view(piece.shape))
+                out.append(scale_fields(fields, gate).view(piece.shape))
         return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
 
 
@@ -185,7 +185,7 @@ class FieldBatchNorm(nn.Module):
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel sums ``Σ x`` and ``Σ x²`` over the batch, ``(C,)`` each (addable across chunks)."""
-        return x.sum(0), (x * x).sum(0)  # 7× faster than linalg.vector_norm(x, dim=0) on CPU
+        return _Moments.apply(x)
 
     def affine_from_moments(
         self, total: torch.Tensor, total_sq: torch.Tensor, count: int
@@ -234,6 +234,54 @@ class NormNonlinearity(_RunwiseNonlinearity):
             bias = self.bias[run.first_field : run.first_field + run.count, None]
             out.append((fields * (2 * torch.sigmoid(norms - bias))).view(piece.shape))
         return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
+
+
+def scale_fields(fields: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``fields (N, k, d) · scale (N, k)[..., None]``: every field times its own invariant scalar.
+
+    Same as the broadcast product, but its backward reduces ``grad·fields`` over d by adding d slices:
+    autograd's broadcast reduction over a short last axis was the slowest op of the kernel MLP (measured
+    4 ms vs 0.6 ms for (65536, 16, 3) on 2 CPU threads). Twice differentiable.
+    """
+    return _ScaleFields.apply(fields, scale)
+
+
+class _ScaleFields(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fields: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(fields, scale)
+        return fields * scale[..., None]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        fields, scale = ctx.saved_tensors
+        grad_fields = grad * scale[..., None] if ctx.needs_input_grad[0] else None
+        grad_scale = _sum_last(grad * fields) if ctx.needs_input_grad[1] else None
+        return grad_fields, grad_scale
+
+
+class _Moments(torch.autograd.Function):
+    """``x (N, C) ↦ (Σ_n x, Σ_n x²)``, each ``(C,)``; backward is one fused pass ``g₁ + 2x·g₂``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(x)
+        return x.sum(0), (x * x).sum(0)
+
+    @staticmethod
+    def backward(ctx, grad_sum: torch.Tensor, grad_sq: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.addcmul(grad_sum.expand_as(x), x, 2 * grad_sq)
+
+
+def _sum_last(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(-1)`` as a sum of slices when the last axis is short (much faster on CPU)."""
+    if x.shape[-1] > 8:
+        return x.sum(-1)
+    total = x[..., 0]
+    for k in range(1, x.shape[-1]):
+        total = total + x[..., k]
+    return total
 
 
 NONLINEARITIES = {"gated": GatedNonlinearity, "norm": NormNonlinearity}
