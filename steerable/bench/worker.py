@@ -1,18 +1,20 @@
 """One measurement in a fresh process: ``python -m steerable.bench.worker '<json job>'``.
 
-Running every (shape, variant) in its own process makes the CPU peak-memory figure clean: the
-worker builds the layer and the inputs, resets the kernel's peak-RSS counter (``VmHWM``, by writing
-``5`` to ``/proc/self/clear_refs``), records ``VmRSS`` as the baseline, runs one training step and
-reports ``VmHWM − baseline``. Where ``clear_refs`` is unavailable it falls back to the
-``ru_maxrss`` delta (which under-reports when building the inputs already peaked higher). The step
-measured for memory is the first one (nothing freed earlier can be reused by the allocator);
-timings are the median of the following steps. The result is one JSON line prefixed by ``RESULT``.
+Running every (shape, variant) in its own process keeps measurements independent. Timings are the
+median of several training steps after a warmup step. Then the CPU peak memory: the worker switches
+glibc to serve every allocation ≥ 64 KiB by mmap and trims the heap (so RSS follows live tensors, see
+:func:`_malloc_returns_memory`), resets the kernel's peak-RSS counter (``VmHWM``, by writing ``5`` to
+``/proc/self/clear_refs``), records ``VmRSS`` as the baseline, runs one more training step and reports
+``VmHWM − baseline``. Where ``clear_refs`` is unavailable it falls back to the ``ru_maxrss`` delta
+(which under-reports when an earlier step peaked higher). The result is one JSON line prefixed by
+``RESULT``.
 On a GPU (``job["device"] = "cuda"``) memory is ``torch.cuda.max_memory_allocated`` over
 ``memory_allocated`` before the step, and timings synchronise the device.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import resource
@@ -54,15 +56,36 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str | None =
         _sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20, "cuda.max_memory_allocated"
     try:
+        exact = _malloc_returns_memory()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base = _status_mb("VmRSS")
         fn()
-        return _status_mb("VmHWM") - base, "VmHWM-reset"
+        return _status_mb("VmHWM") - base, "VmHWM-reset" + (", mmap>64KiB" if exact else "")
     except OSError:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         fn()
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base, "ru_maxrss"
+
+
+def _malloc_returns_memory() -> bool:
+    """Make glibc serve every allocation ≥ 64 KiB by mmap and hand freed heap back (``malloc_trim``).
+
+    By default glibc raises its mmap threshold as large blocks are freed, after which tensors live on the
+    heap and RSS keeps pages that are free again: peak RSS then over-counts by whatever the heap
+    fragmented into (measured: a chunked conv whose live memory is flat in E showed ~1 kB/edge). With a
+    fixed low threshold RSS follows the live tensors. It slows allocation (page faults), so the worker
+    calls this only for the memory step, after the timings. False where glibc is not available.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 64 * 1024) == 1 and libc.mallopt(m_trim_threshold, 64 * 1024) == 1
+    gc.collect()
+    libc.malloc_trim(0)
+    return ok
 
 
 def median_time(fn: Callable[[], object], repeats: int,
@@ -150,17 +173,14 @@ def run_job(job: dict) -> dict:
         x.grad = None
         conv(x, pos, edge_index).square().mean().backward()
 
-    start = time.perf_counter()
-    memory_mb, memory_method = peak_memory_mb(step, device)
-    cold_s = time.perf_counter() - start
+    cold_s, _ = median_time(step, 1, device)
     if cold_s < job["budget_s"] / 4:
         step()  # warmup
     repeats = timed_repeats(cold_s, int(job["repeats"]), float(job["budget_s"]))
     step_s, samples = median_time(step, repeats, device)
     result = dict(shape=spec["name"], variant=variant, nodes=int(pos.shape[0]),
                   edges=int(edge_index.shape[1]), c_in=conv.in_type.size, c_out=conv.out_type.size,
-                  step_s=step_s, step_samples=samples,
-                  cold_step_s=cold_s, peak_mb=memory_mb, memory_method=memory_method,
+                  step_s=step_s, step_samples=samples, cold_step_s=cold_s,
                   threads=torch.get_num_threads(), device=str(device))
     if variant != "analytic":
         result["hidden"] = conv.kernel.hidden_size
@@ -169,6 +189,7 @@ def run_job(job: dict) -> dict:
     if variant == "nodewise" and job.get("extras", True):
         result["phi_s"] = phi_time(conv, inputs, repeats)
         result.update(contraction_rate(conv, inputs, max(repeats, 3)))
+    result["peak_mb"], result["memory_method"] = peak_memory_mb(step, device)  # last: it slows malloc
     return result
 
 

@@ -238,7 +238,7 @@ class ImplicitKernel(nn.Module):
     def hidden_given(
         self, rel_pos: torch.Tensor, attr: torch.Tensor | None, weights: list[LinearWeights], layers: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The activation of hidden layer ``layers`` (1-based) and the radial window, given the layer weights.
+        """The activation of hidden layer ``layers`` (1-based) and the distances, given the layer weights.
 
         ``weights`` are the per-layer ``(W, b)`` with every preceding batch norm already folded in
         (statistics gathered beforehand, e.g. over all edges by :mod:`steerable.nn.chunked`), so no batch
@@ -250,7 +250,7 @@ class ImplicitKernel(nn.Module):
         activation = feats
         for (_, gate, _), (weight, bias) in zip(self.layers()[:layers], weights):
             activation = gate.linear_forward(activation, weight, bias)
-        return activation, self.window(r)
+        return activation, r
 
     def weight_and_bias(self, affine: Affine | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The Hom layer reshaped for contraction: ``W̃ (C_out, H, C_in)`` and ``B (C_out, C_in)`` or None.

@@ -9,12 +9,12 @@ chunk during backward. Peak memory is then one chunk's activations plus O(E) inp
 
 Batch norm inside φ needs statistics over *all* edges. They are gathered first, one checkpointed sweep
 per normalised layer (each sweep sums per-chunk moments Σa, Σa²), and folded into the next layer's
-weights; autograd then differentiates through the statistics exactly as in the unchunked path. The last
-layer's norm folds into the Hom layer, which is applied after the sweep to the per-node sums
-``A_i = Σ_e w_e a_e ⊗ x_e`` (kept: N·H·C_in floats, as in the unchunked path), so its statistics come from
-the message sweep itself. Cost (measured, 2 CPU threads, E = 65k, chunks of 8k edges): ≈1.1× the
-unchunked step without batch norm in φ; with the default two normalised layers, layer 1 runs in two
-sweeps (≈2×).
+weights (the last one into the Hom layer); autograd then differentiates through the statistics exactly as
+in the unchunked path. The price is recomputation: with L hidden layers, all normalised, layer ℓ runs in
+L − ℓ + 2 sweeps, each once more in backward. Measured (2 CPU threads, E = 65k, chunks of 4k edges):
+≈1.1–1.6× the unchunked step without batch norm in φ, ≈2.5× with the default two normalised layers.
+(Returning the per-node sums ``A_i = Σ w a ⊗ x`` from the message sweep would save a sweep but was
+measured to keep ~1 kB/edge alive in backward.)
 """
 
 from __future__ import annotations
@@ -70,13 +70,10 @@ def chunked_messages(
     def inputs(e0: int, e1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return rel_pos[e0:e1], None if attr is None else attr[e0:e1]
 
-    layers = kernel.layers()
     weights: list[LinearWeights] = []
     affine = None
-    for depth, (linear, _, norm) in enumerate(layers, start=1):
+    for depth, (linear, _, norm) in enumerate(kernel.layers(), start=1):
         weights.append(fold_affine(linear.weight_and_bias(), affine))
-        if depth == len(layers):
-            break  # the last layer's statistics come out of the message sweep below
         if _batch_statistics(norm, rel_pos.shape[0]):
             moments = [
                 checkpoint(_chunk_moments, kernel, norm, *inputs(e0, e1), list(weights), depth,
@@ -86,26 +83,14 @@ def chunked_messages(
             affine = norm.affine_from_moments(*_total(moments), rel_pos.shape[0])
         else:
             affine = None if norm is None else norm.affine()
-
-    # A_i = Σ w a ⊗ x and S_i = Σ w x do not depend on the last batch norm, which folds into the Hom layer:
-    # one sweep gives both and that norm's moments.
-    last_norm = layers[-1][2]
-    with_moments = _batch_statistics(last_norm, rel_pos.shape[0])
-    parts = [
-        checkpoint(_chunk_sums, kernel, last_norm if with_moments else None, weights, x, *inputs(e0, e1),
-                   src[e0:e1], dst[e0:e1] - n0, n1 - n0, use_reentrant=False)
+    w_tilde, bias = kernel.weight_and_bias(affine)
+    w_flat = w_tilde.reshape(w_tilde.shape[0], -1)
+    outs = [
+        checkpoint(_chunk_messages, kernel, weights, w_flat, bias, x, *inputs(e0, e1), src[e0:e1],
+                   dst[e0:e1] - n0, n1 - n0, use_reentrant=False)
         for n0, n1, e0, e1 in chunks
     ]
-    if with_moments:
-        affine = last_norm.affine_from_moments(*_total([p[2:] for p in parts]), rel_pos.shape[0])
-    else:
-        affine = None if last_norm is None else last_norm.affine()
-    w_tilde, bias = kernel.weight_and_bias(affine)
-    outer = torch.cat([p[0] for p in parts]).reshape(num_dst, -1)
-    out = outer @ w_tilde.reshape(w_tilde.shape[0], -1).T
-    if bias is not None:
-        out = torch.addmm(out, torch.cat([p[1] for p in parts]), bias.T)
-    return out, deg
+    return torch.cat(outs), deg
 
 
 def _batch_statistics(norm, num_edges: int) -> bool:
@@ -122,9 +107,13 @@ def _chunk_moments(kernel, norm, rel_pos, attr, weights, depth):
     return norm.moments(activation)
 
 
-def _chunk_sums(kernel, norm, weights, x, rel_pos, attr, src, local_dst, num_nodes):
-    """``A (n, H, C_in)``, ``S (n, C_in)`` of one chunk, and the last layer's moments if ``norm`` is set."""
-    activation, window = kernel.hidden_given(rel_pos, attr, weights, len(weights))
+def _chunk_messages(kernel, weights, w_flat, bias, x, rel_pos, attr, src, local_dst, num_nodes):
+    """Messages ``(n, C_out)`` summed per target node of one chunk."""
+    activation, distance = kernel.hidden_given(rel_pos, attr, weights, len(weights))
+    window = kernel.window(distance)
     layout = segment_layout(local_dst, num_nodes)
-    outer, windowed_sum = aggregate_outer_and_sum(activation * window[:, None], x[src], window, layout)
-    return (outer, windowed_sum) if norm is None else (outer, windowed_sum, *norm.moments(activation))
+    outer, windowed_sum = aggregate_outer_and_sum(
+        activation * window[:, None], x[src], None if bias is None else window, layout
+    )
+    out = outer.reshape(num_nodes, -1) @ w_flat.T
+    return out if bias is None else torch.addmm(out, windowed_sum, bias.T)
