@@ -119,22 +119,23 @@ def timed_repeats(cold_s: float, repeats: int, budget_s: float) -> int:
 
 def contraction_rate(conv, inputs: dict, repeats: int) -> dict:
     """Forward time and GFLOP/s of the node-wise contraction alone (aggregation + Hom matmul)."""
-    from steerable.nn.contraction import aggregate_outer
+    from steerable.nn.contraction import aggregate_outer_and_sum, segment_layout
     src, dst = inputs["edge_index"]
     x, num = inputs["x"], inputs["x"].shape[0]
     with torch.no_grad():
         rel = inputs["pos"][src] - inputs["pos"][dst]
-        h, _, affine = conv.kernel.hidden(rel)
+        h_t, _, affine = conv.kernel.hidden(rel)
         w_tilde, _ = conv.kernel.weight_and_bias(affine)
         w_flat = w_tilde.reshape(w_tilde.shape[0], -1)
+        layout = segment_layout(dst, num)
 
         def contract():
-            outer, _ = aggregate_outer(h, x[src], dst, num)
+            outer, _ = aggregate_outer_and_sum(h_t, x[src], None, layout)
             return outer.reshape(num, -1) @ w_flat.T
 
         contract()
         seconds, _ = median_time(contract, repeats, x.device)
-    e, hid, c_in, c_out = src.numel(), h.shape[1], x.shape[1], w_tilde.shape[0]
+    e, hid, c_in, c_out = src.numel(), h_t.shape[0], x.shape[1], w_tilde.shape[0]
     flops = 2 * e * hid * c_in + 2 * num * hid * c_in * c_out
     return dict(contraction_s=seconds, contraction_gflop=flops / 1e9,
                 contraction_gflops=flops / seconds / 1e9)

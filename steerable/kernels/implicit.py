@@ -84,7 +84,7 @@ class ImplicitKernel(nn.Module):
     Types: φ input ``std^{⊗1..order} ⊕ n_rbf×trivial ⊕ attr_type``; φ hidden ``hidden``;
     φ output ``⊕_{i,j} ρ_out,i ⊗ ρ_in,j`` (``hom_type``).
 
-    Shapes: ``rel_pos: (E, d)``, ``attr: (E, attr_type.size)`` → ``hidden: (E, H)``,
+    Shapes: ``rel_pos: (E, d)``, ``attr: (E, attr_type.size)`` → ``hidden: (H, E)`` (channels first),
     ``kernel: (E, C_out, C_in)``.
     """
 
@@ -219,21 +219,22 @@ class ImplicitKernel(nn.Module):
     def hidden(
         self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, Affine | None]:
-        """φ's last hidden activation (before its batch norm) times the radial window.
+        """φ's last hidden activation (before its batch norm) times the radial window, channels first.
 
         Every batch norm is returned as a pending affine map ``y = a·scale + shift`` and folded into the
         following linear layer (or, for the last one, into the Hom layer by :meth:`weight_and_bias`)
         instead of being applied: the statistics cost one reduction pass and the normalisation is free.
+        φ runs channels-first, ``(channels, E)``, so every field run is a contiguous block of rows.
 
-        Shapes: ``rel_pos: (E, d) → a·w (E, H), w (E,)``; affine: ``(scale (H,), shift (H,))`` or None.
+        Shapes: ``rel_pos: (E, d) → (a·w)ᵀ (H, E), w (E,)``; affine: ``(scale (H,), shift (H,))`` or None.
         """
         feats, r = self.edge_features(rel_pos, attr)
         window = self.window(r)
-        activation, affine = feats, None
+        activation, affine = feats.T, None
         for linear, gate, norm in self.layers():
-            activation = gate.linear_forward(activation, *fold_affine(linear.weight_and_bias(), affine))
-            affine = None if norm is None else norm.affine(activation)
-        return activation * window[:, None], window, affine
+            activation = gate.linear_forward_t(activation, *fold_affine(linear.weight_and_bias(), affine))
+            affine = None if norm is None else norm.affine(activation, batch_dim=1)
+        return activation * window, window, affine
 
     def hidden_given(
         self, rel_pos: torch.Tensor, attr: torch.Tensor | None, weights: list[LinearWeights], layers: int
@@ -244,12 +245,12 @@ class ImplicitKernel(nn.Module):
         (statistics gathered beforehand, e.g. over all edges by :mod:`steerable.nn.chunked`), so no batch
         norm is evaluated here and any subset of the edges gives the same rows as the full set.
 
-        Shapes: ``rel_pos: (E, d) → (E, H), (E,)``.
+        Shapes: ``rel_pos: (E, d) → (H, E)`` (channels first, as :meth:`hidden`), ``(E,)``.
         """
         feats, r = self.edge_features(rel_pos, attr)
-        activation = feats
+        activation = feats.T
         for (_, gate, _), (weight, bias) in zip(self.layers()[:layers], weights):
-            activation = gate.linear_forward(activation, weight, bias)
+            activation = gate.linear_forward_t(activation, weight, bias)
         return activation, r
 
     def weight_and_bias(self, affine: Affine | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -311,9 +312,9 @@ class ImplicitKernel(nn.Module):
 
     def kernel(self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None) -> torch.Tensor:
         """Per-edge kernel matrices ``w(r)·(W φ(x) + b)``: ``(E, C_out, C_in)`` (readable, memory-hungry)."""
-        h, window, affine = self.hidden(rel_pos, attr)
+        h_t, window, affine = self.hidden(rel_pos, attr)
         w_tilde, bias = self.weight_and_bias(affine)
-        k = torch.einsum("ohi,eh->eoi", w_tilde, h)
+        k = torch.einsum("ohi,he->eoi", w_tilde, h_t)
         if bias is not None:
             k = k + window[:, None, None] * bias
         return k

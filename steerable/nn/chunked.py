@@ -104,7 +104,7 @@ def _total(moments: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _chunk_moments(kernel, norm, rel_pos, attr, weights, depth):
     activation, _ = kernel.hidden_given(rel_pos, attr, weights, depth)
-    return norm.moments(activation)
+    return norm.moments(activation, batch_dim=1)
 
 
 def _chunk_messages(kernel, weights, w_flat, bias, x, rel_pos, attr, src, local_dst, num_nodes):
@@ -113,7 +113,7 @@ def _chunk_messages(kernel, weights, w_flat, bias, x, rel_pos, attr, src, local_
     window = kernel.window(distance)
     layout = segment_layout(local_dst, num_nodes)
     outer, windowed_sum = aggregate_outer_and_sum(
-        activation * window[:, None], x[src], None if bias is None else window, layout
+        activation * window, x[src], None if bias is None else window, layout
     )
     out = outer.reshape(num_nodes, -1) @ w_flat.T
     return out if bias is None else torch.addmm(out, windowed_sum, bias.T)

@@ -58,6 +58,15 @@ class SegmentLayout:
         grid = values.new_zeros(n * self.width, features).index_copy_(0, self.slot, values)
         return grid.view(n, self.width, features)
 
+    def blocks_t(self, values_t: torch.Tensor) -> torch.Tensor:
+        """Channels-first ``(F, E)`` values laid out as ``(N, F, width)`` (a strided view when fixed)."""
+        n, features = self.num_targets, values_t.shape[0]
+        if self.mode == "padded":
+            if self.order is not None:
+                values_t = values_t[:, self.order]
+            values_t = values_t.new_zeros(features, n * self.width).index_copy_(1, self.slot, values_t)
+        return values_t.reshape(features, n, self.width).transpose(0, 1)
+
 
 def segment_layout(target: torch.Tensor, num_targets: int) -> SegmentLayout:
     """Choose the aggregation layout for edges with targets ``target (E,)`` onto ``num_targets`` nodes."""
@@ -95,33 +104,34 @@ def aggregate_outer(h: torch.Tensor, x_src: torch.Tensor, target: torch.Tensor, 
         ``A: (N, H, C)`` and the in-degree ``deg: (N,)`` (long).
     """
     layout = layout or segment_layout(target, num_targets)
-    outer, _ = aggregate_outer_and_sum(h, x_src, None, layout)
+    outer, _ = aggregate_outer_and_sum(h.T, x_src, None, layout)
     return outer, layout.deg
 
 
-def aggregate_outer_and_sum(h: torch.Tensor, x_src: torch.Tensor, weight: torch.Tensor | None,
+def aggregate_outer_and_sum(h_t: torch.Tensor, x_src: torch.Tensor, weight: torch.Tensor | None,
                             layout: SegmentLayout) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``A_i = Σ h_e ⊗ x_e`` ``(N, H, C)`` and, if ``weight (E,)`` is given, ``S_i = Σ w_e x_e`` ``(N, C)``.
 
+    ``h_t`` is channels first, ``(H, E)`` (as the kernel MLP produces it); ``x_src`` is ``(E, C)``.
     Both sums share the blocked layout of ``x_src`` (one gather/pad, two ``bmm``).
     """
-    n, hidden, channels = layout.num_targets, h.shape[1], x_src.shape[1]
+    n, hidden, channels = layout.num_targets, h_t.shape[0], x_src.shape[1]
     if layout.mode == "scatter":
-        if h.shape[0] == 0:
-            outer = h.new_zeros(n, hidden, channels)
+        if h_t.shape[1] == 0:
+            outer = h_t.new_zeros(n, hidden, channels)
         else:
-            prod = (h[:, :, None] * x_src[:, None, :]).view(h.shape[0], hidden * channels)
-            outer = h.new_zeros(n, hidden * channels).index_add_(0, layout.target, prod)
+            prod = (h_t.T[:, :, None] * x_src[:, None, :]).reshape(h_t.shape[1], hidden * channels)
+            outer = h_t.new_zeros(n, hidden * channels).index_add_(0, layout.target, prod)
             outer = outer.view(n, hidden, channels)
         summed = None
         if weight is not None:
             summed = x_src.new_zeros(n, channels).index_add_(0, layout.target, x_src * weight[:, None])
         return outer, summed
     x_blocks = layout.blocks(x_src)
-    outer = torch.bmm(layout.blocks(h).transpose(1, 2), x_blocks)
+    outer = torch.bmm(layout.blocks_t(h_t), x_blocks)
     summed = None
     if weight is not None:
-        summed = torch.bmm(layout.blocks(weight[:, None]).transpose(1, 2), x_blocks).view(n, channels)
+        summed = torch.bmm(layout.blocks_t(weight[None, :]), x_blocks).view(n, channels)
     return outer, summed
 
 

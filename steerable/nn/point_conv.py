@@ -167,10 +167,10 @@ class ImplicitPointConv(MessagePassing):
         if self.chunk_edges is not None and src.numel() > self.chunk_edges:
             out, deg = chunked_messages(self.kernel, x, rel_pos, attr, src, dst, num_dst, self.chunk_edges)
             return out / deg.clamp(min=1).to(out.dtype)[:, None] if self.aggr == "mean" else out
-        h, window, affine = self.kernel.hidden(rel_pos, attr)
+        h_t, window, affine = self.kernel.hidden(rel_pos, attr)
         w_tilde, bias = self.kernel.weight_and_bias(affine)
         layout = segment_layout(dst, num_dst)  # one degree/padding analysis for both sums
-        outer, windowed_sum = aggregate_outer_and_sum(h, x[src], None if bias is None else window, layout)
+        outer, windowed_sum = aggregate_outer_and_sum(h_t, x[src], None if bias is None else window, layout)
         out = outer.reshape(num_dst, -1) @ w_tilde.reshape(w_tilde.shape[0], -1).T
         if bias is not None:
             out = torch.addmm(out, windowed_sum, bias.T)

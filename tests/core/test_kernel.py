@@ -78,7 +78,7 @@ def test_field_ops_are_equivariant(param, module):
 
 @pytest.mark.parametrize("module", ["gated", "norm"])
 def test_runwise_linear_forward_matches_forward(module):
-    """``linear_forward`` (one matmul per field run) is ``forward ∘ F.linear``, values and gradients."""
+    """Channels-first ``linear_forward_t`` is ``(forward ∘ F.linear)ᵀ``, values and gradients."""
     G = group("o3", 3)
     ft = G.field_type("2x0e+1x0o+2x1o+1x0e+1x2e", on="fiber")  # runs interleave trivial and not
     op = GatedNonlinearity(ft) if module == "gated" else NormNonlinearity(ft)
@@ -86,7 +86,7 @@ def test_runwise_linear_forward_matches_forward(module):
         op.bias.data.normal_()
     weight = torch.randn(ft.size + op.num_gates, 7, requires_grad=True)
     bias, x = torch.randn(weight.shape[0], requires_grad=True), torch.randn(30, 7)
-    fast = op.linear_forward(x, weight, bias)
+    fast = op.linear_forward_t(x.T, weight, bias).T
     fast_grads = torch.autograd.grad(fast.square().sum(), (weight, bias))
     slow = op(torch.nn.functional.linear(x, weight, bias))
     slow_grads = torch.autograd.grad(slow.square().sum(), (weight, bias))
