@@ -56,10 +56,10 @@ train: ## Train (default experiment); pass Hydra overrides via ARGS="trainer.max
 
 # pytest exits 5 when no test was collected (e.g. ARGS="-k nothing"): not a failure
 test: ## Fast tests (everything not marked slow)
-	$(PY) -m pytest -m "not slow" $(ARGS) || [ $$? -eq 5 ]
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m "not slow" $(ARGS) || [ $$? -eq 5 ]
 
 test-slow: ## Slow tests only (training sweeps, real SLURM)
-	$(PY) -m pytest -m slow $(ARGS) || [ $$? -eq 5 ]
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m slow $(ARGS) || [ $$? -eq 5 ]
 
 bench: ## Benchmark node-wise vs per-edge kernel contraction
 	$(PY) -m steerable.bench $(ARGS)
