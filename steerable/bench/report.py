@@ -206,10 +206,11 @@ def markdown(report: dict) -> str:
     parts = [format_table(report["summary"])]
     slopes = report.get("memory_slope", {})
     if "nodewise" in slopes:
-        parts.append("Memory slope over the sweep (least squares, peak MB vs E): " + ", ".join(
-            f"{v} **{slopes[v]['bytes_per_edge']:.0f} B/edge**" for v in ("reference", "nodewise", "analytic")
-            if v in slopes) + f"; (H + C_in)·4 = {slopes['bound_bytes_per_edge']:.0f} B/edge "
-            f"(H = {slopes['hidden']}, C_in = {slopes['c_in']}).")
+        per_variant = ", ".join(f"{v} **{slopes[v]['bytes_per_edge']:.0f} B/edge**"
+                                for v in ("reference", "nodewise", "chunked", "analytic") if v in slopes)
+        parts.append(f"Memory slope over the sweep (least squares, peak MB vs E): {per_variant}; "
+                     f"(H + C_in)·4 = {slopes['bound_bytes_per_edge']:.0f} B/edge "
+                     f"(H = {slopes['hidden']}, C_in = {slopes['c_in']}).")
     if report.get("models"):
         parts.append(format_models(report["models"]))
     parts.append("\n".join(
