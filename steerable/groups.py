@@ -36,6 +36,7 @@ so ``cyl`` and ``so2_inv`` are one group.  On R² (``dim: 2``): ``so2, o2, cn, d
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -281,6 +282,15 @@ def build_group(
         raise GroupError(f"group dim must be 2 or 3, got {dim}")
     if name not in _REGISTRY[dim]:
         raise GroupError(f"unknown group {name!r} for dim={dim}; valid: {', '.join(valid_group_names(dim))}")
-    if name in NEEDS_N and (N is None or int(N) < 2):
+    return _build(name, dim, _rotation_order(name, N) if name in NEEDS_N else None, int(maximum_frequency))
+
+
+def _rotation_order(name: str, N) -> int:
+    """``N`` as an int ≥ 2, or a GroupError (``N=2.5`` used to be truncated silently to C2)."""
+    try:
+        value = float(N)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(N, bool) or not value.is_integer() or value < 2:
         raise GroupError(f"group {name!r} needs an integer N >= 2 (the rotation order), got N={N}")
-    return _build(name, dim, int(N) if name in NEEDS_N else None, int(maximum_frequency))
+    return int(value)

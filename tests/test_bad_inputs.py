@@ -87,6 +87,12 @@ CASES: dict[str, Case] = {
     "cn without a valid N": (
         lambda tmp: build_group("cn", N=1),
         GroupError, r"group 'cn' needs an integer N >= 2 \(the rotation order\), got N=1"),
+    "cn with a fractional N": (
+        lambda tmp: build_group("cn", N=2.5),
+        GroupError, r"group 'cn' needs an integer N >= 2 \(the rotation order\), got N=2.5"),
+    "dn with a non-numeric N": (
+        lambda tmp: build_group("dn", N="four"),
+        GroupError, r"group 'dn' needs an integer N >= 2 .* got N=four"),
     "cn with N missing": (
         lambda tmp: build_group("cn", N=None),
         GroupError, r"needs an integer N >= 2 .* got N=None"),
