@@ -242,10 +242,12 @@ def test_node_chunks_cover_every_node_and_edge():
         node_chunks(deg, 0)
 
 
-def test_reference_and_nodewise_agree_bipartite_with_attributes():
+@pytest.mark.parametrize("chunk_edges", [None, 8])
+def test_reference_and_nodewise_agree_bipartite_with_attributes(chunk_edges):
+    """Unsorted bipartite edges with edge and node attributes (chunked: sorted and cut internally)."""
     G = group("cone")
     conv = ImplicitPointConv(G, "2x0e+1x1o", "1x0e+1x1o", edge_attr_type="3x0e", node_attr_type="1x1o",
-                             channels=4)
+                             channels=4, chunk_edges=chunk_edges)
     edge_index = torch.stack([torch.randint(0, 20, (50,)), torch.randint(0, 7, (50,))])
     args = (torch.randn(20, conv.in_type.size), (torch.randn(20, 3), torch.randn(7, 3)), edge_index)
     kwargs = dict(edge_attr=torch.randn(50, 3), node_attr=(torch.randn(20, 3), torch.randn(7, 3)))
