@@ -42,7 +42,7 @@ def molecule(pos: torch.Tensor) -> Data:
     """A carbon-only 'molecule' with fully connected edges (QM9Model's batch fields)."""
     n = pos.shape[0]
     pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-    edge_index = torch.tensor(pairs, dtype=torch.long).T.reshape(2, -1)
+    edge_index = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).T  # (2, 0) for an empty molecule
     x = F.one_hot(torch.zeros(n, dtype=torch.long), 5).float()
     return Data(x=x, pos=pos, edge_index=edge_index, edge_attr=torch.zeros(edge_index.shape[1], 4))
 
