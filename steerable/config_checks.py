@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import re
 import types
 import typing
@@ -175,11 +176,21 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         _walk_targets(cfg.get(name), name)
 
 
-def redact_secrets(node: Any) -> Any:
-    """Copy of a plain config tree with credential-like keys (``api_key``, ``token``…) redacted."""
+def redact_secrets(node: Any, secret_values: list[str] | None = None) -> Any:
+    """Copy of a plain config tree with credentials redacted.
+
+    Redacted: values under credential-like keys (``api_key``, ``token``…), and any string that
+    contains the value of a credential-like environment variable (``WANDB_API_KEY``…, values of 8+
+    characters), e.g. a key pasted into ``logger.wandb.notes`` or interpolated with ``${oc.env:…}``.
+    """
+    if secret_values is None:
+        secret_values = [v for k, v in os.environ.items() if SECRET_PATTERN.search(k) and len(v) >= 8]
     if isinstance(node, Mapping):
-        return {k: (REDACTED if SECRET_PATTERN.search(str(k)) and v not in (None, "") else redact_secrets(v))
+        return {k: (REDACTED if SECRET_PATTERN.search(str(k)) and v not in (None, "")
+                    else redact_secrets(v, secret_values))
                 for k, v in node.items()}
     if isinstance(node, list):
-        return [redact_secrets(v) for v in node]
+        return [redact_secrets(v, secret_values) for v in node]
+    if isinstance(node, str) and any(secret in node for secret in secret_values):
+        return REDACTED
     return node

@@ -90,6 +90,15 @@ def test_redact_secrets_keeps_structure():
                                    "list": [{"password": REDACTED}], "n": 1}
 
 
+def test_redact_secret_values_from_the_environment(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    monkeypatch.setenv("MY_TOKEN", "short")  # < 8 characters: too likely to match innocent text
+    cfg = {"logger": {"wandb": {"notes": "run with key 0123456789abcdef", "project": "short"}},
+           "tags": ["0123456789abcdef", "qm9"]}
+    assert redact_secrets(cfg) == {"logger": {"wandb": {"notes": REDACTED, "project": "short"}},
+                                   "tags": [REDACTED, "qm9"]}
+
+
 def test_locate_nested_attribute():
     import torch
     assert locate("torch.optim.lr_scheduler.CosineAnnealingLR") is torch.optim.lr_scheduler.CosineAnnealingLR
