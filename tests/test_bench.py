@@ -57,6 +57,12 @@ def test_summary_ratios_and_slope_from_synthetic_rows():
     assert "sweep_k4" in format_table(lines)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_request_without_a_gpu_is_one_clear_error():
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["--quick", "--device", "cuda", "--no-models"])
+
+
 def test_timed_repeats_respects_budget():
     assert timed_repeats(0.01, 5, 10.0) == 5
     assert timed_repeats(30.0, 5, 10.0) == 1

@@ -135,6 +135,8 @@ def run_models(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device}, but torch sees no CUDA device on this machine")
     info = machine_info(args.threads)
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(args.device)
