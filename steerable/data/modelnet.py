@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from steerable.data.modelnet_io import CLASS_NAMES, CloudSet, find_layout, load_split
+from steerable.data.split_loaders import SplitDataModule
 from steerable.transforms import ROTATION_KINDS, random_orthogonal
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return train, val
 
 
-class ModelNet40DataModule(pl.LightningDataModule):
+class ModelNet40DataModule(SplitDataModule):
     """ModelNet-40 loaders for any of the supported on-disk formats.
 
     Args:
@@ -225,16 +225,8 @@ class ModelNet40DataModule(pl.LightningDataModule):
         return (f"format={self.format} dir={self.directory} splits={sizes} num_points={self.num_points} "
                 f"normals={self.use_normals} rotation={self.train_rotation}/{self.test_rotation}")
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0, drop_last=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
