@@ -5,6 +5,7 @@ Used by the scripts under ``experiments/`` that turn a multirun sweep into a Mar
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -50,3 +51,20 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def sweep_from_command_line(
+    description: str, keys: dict[str, str], default_out: Path, argv: list[str] | None = None
+) -> tuple[list[dict[str, Any]], Path]:
+    """The ``make_table.py`` command line: ``SWEEP_DIR [--out DIR]`` → (:func:`collect_runs` rows, out dir).
+
+    Exits with one ``error:`` line when the sweep dir holds no finished run.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("sweep_dir")
+    parser.add_argument("--out", default=str(default_out))
+    args = parser.parse_args(argv)
+    rows = collect_runs(args.sweep_dir, keys)
+    if not rows:
+        raise SystemExit(f"error: no metrics.json under {args.sweep_dir}")
+    return rows, Path(args.out)

@@ -8,11 +8,10 @@ averaged over the runs (seeds) found for that cell, with the run count.
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from pathlib import Path
 
-from steerable.results import collect_runs, markdown_table
+from steerable.results import markdown_table, sweep_from_command_line
 
 PAPER_NAMES = {"mirror": "M", "inv": "Inv", "so2_inv": "SO(2)⋊Inv", "cyl": "SO(2)⋊Inv", "so2": "SO(2)",
                "o2": "SO(2)⋊F", "cone": "SO(2)⋊M", "so3": "SO(3)", "o3": "O(3)"}
@@ -20,13 +19,7 @@ KEYS = {"group": "group.name", "kernel": "model.kernel", "seed": "seed", "epochs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir")
-    parser.add_argument("--out", default=str(Path(__file__).parent))
-    args = parser.parse_args()
-    rows = collect_runs(args.sweep_dir, KEYS)
-    if not rows:
-        raise SystemExit(f"error: no metrics.json under {args.sweep_dir}")
+    rows, out = sweep_from_command_line(__doc__.splitlines()[0], KEYS, Path(__file__).parent)
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in rows:
         acc = row["metrics"].get("test/acc")
@@ -40,7 +33,6 @@ def main() -> None:
 
     table = markdown_table(["group", "paper name", "implicit acc (%)", "analytic acc (%)"],
                            [[g, PAPER_NAMES[g], cell(g, "implicit"), cell(g, "analytic")] for g in groups])
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(table + "\n")
     print(table)

@@ -8,7 +8,6 @@ columns: validation and test HOMO MAE (meV) of each run (one row per run, so see
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from steerable.results import collect_runs, markdown_table  # noqa: E402
+from steerable.results import markdown_table, sweep_from_command_line  # noqa: E402
 
 KEYS = {
     "kernel": "model.kernel",
@@ -40,13 +39,7 @@ def arm(row: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir")
-    parser.add_argument("--out", default=str(Path(__file__).parent))
-    args = parser.parse_args()
-    rows = collect_runs(args.sweep_dir, KEYS)
-    if not rows:
-        raise SystemExit(f"error: no metrics.json under {args.sweep_dir}")
+    rows, out = sweep_from_command_line(__doc__.splitlines()[0], KEYS, Path(__file__).parent)
     order = [
         "standard kernel",
         "implicit",
@@ -69,7 +62,6 @@ def main() -> None:
             for r in rows
         ],
     )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(table + "\n")
     fig, ax = plt.subplots(figsize=(6, 3.5))
