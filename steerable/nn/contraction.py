@@ -89,25 +89,6 @@ def segment_layout(target: torch.Tensor, num_targets: int) -> SegmentLayout:
     return SegmentLayout(num_targets, deg, "scatter", target=target)
 
 
-def aggregate_outer(h: torch.Tensor, x_src: torch.Tensor, target: torch.Tensor, num_targets: int,
-                    layout: SegmentLayout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum outer products per target node.
-
-    Args:
-        h: ``(E, H)`` per-edge activations.
-        x_src: ``(E, C)`` source features gathered per edge.
-        target: ``(E,)`` long, target node of each edge.
-        num_targets: number of target nodes N.
-        layout: precomputed :func:`segment_layout` of ``target`` (computed here when None).
-
-    Returns:
-        ``A: (N, H, C)`` and the in-degree ``deg: (N,)`` (long).
-    """
-    layout = layout or segment_layout(target, num_targets)
-    outer, _ = aggregate_outer_and_sum(h.T, x_src, None, layout)
-    return outer, layout.deg
-
-
 def aggregate_outer_and_sum(h_t: torch.Tensor, x_src: torch.Tensor, weight: torch.Tensor | None,
                             layout: SegmentLayout) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``A_i = Σ h_e ⊗ x_e`` ``(N, H, C)`` and, if ``weight (E,)`` is given, ``S_i = Σ w_e x_e`` ``(N, C)``.

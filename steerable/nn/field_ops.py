@@ -45,10 +45,6 @@ class FieldLayout(nn.Module):
         self.register_buffer("trivial_field", torch.tensor(trivial), persistent=False)
         self.register_buffer("field_dim", torch.tensor(sizes, dtype=torch.float32), persistent=False)
         self.num_nontrivial = int((~self.trivial_field).sum())
-        gate_index = torch.cumsum(~self.trivial_field, 0) - 1  # gate slot of each non-trivial field
-        self.register_buffer(
-            "gate_of_channel", gate_index.clamp(min=0)[self.field_of_channel], persistent=False
-        )
         self.runs = _field_runs(sizes, trivial)
 
     def field_sq_norms(self, x: torch.Tensor) -> torch.Tensor:
