@@ -176,7 +176,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=1)
-    fig.suptitle("Implicit point conv: per-edge reference vs node-wise contraction vs escnn analytic (CPU)")
+    fig.suptitle("Implicit point conv: per-edge reference vs node-wise (one pass, chunked) vs escnn analytic")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
