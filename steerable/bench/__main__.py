@@ -19,7 +19,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -78,18 +77,12 @@ def run_worker(job: dict, timeout: float, inprocess: bool = False) -> dict:
 
 def dense_matmul_gflops(threads: int, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Achieved GFLOP/s of a square float32 ``torch.mm`` (the practical limit of this machine)."""
-    from steerable.bench.worker import _sync
+    from steerable.bench.worker import median_time
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    seconds, _ = median_time(lambda: a @ b, repeats, device)
+    return 2 * size**3 / seconds / 1e9
 
 
 def run_convs(args: argparse.Namespace) -> list[dict]:

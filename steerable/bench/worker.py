@@ -119,19 +119,17 @@ def timed_repeats(cold_s: float, repeats: int, budget_s: float) -> int:
 
 def contraction_rate(conv, inputs: dict, repeats: int) -> dict:
     """Forward time and GFLOP/s of the node-wise contraction alone (aggregation + Hom matmul)."""
-    from steerable.nn.contraction import aggregate_outer_and_sum, segment_layout
+    from steerable.nn.contraction import contract_messages, segment_layout
     src, dst = inputs["edge_index"]
     x, num = inputs["x"], inputs["x"].shape[0]
     with torch.no_grad():
         rel = inputs["pos"][src] - inputs["pos"][dst]
         h_t, _, affine = conv.kernel.hidden(rel)
         w_tilde, _ = conv.kernel.weight_and_bias(affine)
-        w_flat = w_tilde.reshape(w_tilde.shape[0], -1)
-        layout = segment_layout(dst, num)
+        w_flat, layout = w_tilde.flatten(1), segment_layout(dst, num)
 
         def contract():
-            outer, _ = aggregate_outer_and_sum(h_t, x[src], None, layout)
-            return outer.reshape(num, -1) @ w_flat.T
+            return contract_messages(h_t, x[src], None, w_flat, None, layout)
 
         contract()
         seconds, _ = median_time(contract, repeats, x.device)

@@ -23,7 +23,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from steerable.kernels.implicit import ImplicitKernel, LinearWeights, fold_affine
-from steerable.nn.contraction import aggregate_outer_and_sum, segment_layout
+from steerable.nn.contraction import contract_messages, segment_layout
 
 
 def node_chunks(deg: torch.Tensor, max_edges: int) -> list[tuple[int, int, int, int]]:
@@ -111,9 +111,5 @@ def _chunk_messages(kernel, weights, w_flat, bias, x, rel_pos, attr, src, local_
     """Messages ``(n, C_out)`` summed per target node of one chunk."""
     activation, distance = kernel.hidden_given(rel_pos, attr, weights, len(weights))
     window = kernel.window(distance)
-    layout = segment_layout(local_dst, num_nodes)
-    outer, windowed_sum = aggregate_outer_and_sum(
-        activation * window, x[src], None if bias is None else window, layout
-    )
-    out = outer.reshape(num_nodes, -1) @ w_flat.T
-    return out if bias is None else torch.addmm(out, windowed_sum, bias.T)
+    return contract_messages(activation * window, x[src], window, w_flat, bias,
+                             segment_layout(local_dst, num_nodes))

@@ -116,6 +116,19 @@ def aggregate_outer_and_sum(h_t: torch.Tensor, x_src: torch.Tensor, weight: torc
     return outer, summed
 
 
+def contract_messages(h_t: torch.Tensor, x_src: torch.Tensor, window: torch.Tensor | None,
+                      w_flat: torch.Tensor, bias: torch.Tensor | None, layout: SegmentLayout) -> torch.Tensor:
+    """Summed messages ``Σ_{e→i} (W̃·h_e + w_e B) x_e`` per target node (DESIGN.md §2): ``(N, C_out)``.
+
+    ``h_t (H, E)`` is φ's windowed hidden activation (channels first), ``w_flat (C_out, H·C_in)`` the Hom
+    layer W̃ flattened, ``bias (C_out, C_in)`` or None its invariant part B, scaled per edge by ``window (E,)``
+    (needed only with a bias).
+    """
+    outer, windowed_sum = aggregate_outer_and_sum(h_t, x_src, None if bias is None else window, layout)
+    out = outer.reshape(layout.num_targets, -1) @ w_flat.T
+    return out if bias is None else torch.addmm(out, windowed_sum, bias.T)
+
+
 def _grouped_fixed_degree(target: torch.Tensor, num_targets: int, degree: int) -> bool:
     """True when edges come in consecutive runs of ``degree`` edges per target 0, 1, …, N−1."""
     if degree == 0:
