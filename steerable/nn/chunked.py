@@ -72,12 +72,11 @@ def chunked_messages(
 
     weights: list[LinearWeights] = []
     affine = None
-    for depth, (linear, _, norm) in enumerate(kernel.layers(), start=1):
+    for linear, _, norm in kernel.layers():
         weights.append(fold_affine(linear.weight_and_bias(), affine))
-        if _batch_statistics(norm, rel_pos.shape[0]):
+        if norm is not None and norm.uses_batch_statistics(rel_pos.shape[0]):
             moments = [
-                checkpoint(_chunk_moments, kernel, norm, *inputs(e0, e1), list(weights), depth,
-                           use_reentrant=False)
+                checkpoint(_chunk_moments, kernel, *inputs(e0, e1), list(weights), use_reentrant=False)
                 for _, _, e0, e1 in chunks
             ]
             affine = norm.affine_from_moments(*_total(moments), rel_pos.shape[0])
@@ -93,23 +92,15 @@ def chunked_messages(
     return torch.cat(outs), deg
 
 
-def _batch_statistics(norm, num_edges: int) -> bool:
-    """Whether ``norm`` normalises with statistics of the current edges (training mode, > 1 edge)."""
-    return norm is not None and norm.training and num_edges > 1
-
-
 def _total(moments: list) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(torch.stack(parts).sum(0) for parts in zip(*moments))
 
 
-def _chunk_moments(kernel, norm, rel_pos, attr, weights, depth):
-    activation, _ = kernel.hidden_given(rel_pos, attr, weights, depth)
-    return norm.moments(activation, batch_dim=1)
+def _chunk_moments(kernel, rel_pos, attr, weights):
+    return kernel.hidden_given(rel_pos, attr, weights, with_moments=True)[2]
 
 
 def _chunk_messages(kernel, weights, w_flat, bias, x, rel_pos, attr, src, local_dst, num_nodes):
     """Messages ``(n, C_out)`` summed per target node of one chunk."""
-    activation, distance = kernel.hidden_given(rel_pos, attr, weights, len(weights))
-    window = kernel.window(distance)
-    return contract_messages(activation * window, x[src], window, w_flat, bias,
-                             segment_layout(local_dst, num_nodes))
+    windowed, window, _ = kernel.hidden_given(rel_pos, attr, weights, windowed=True)
+    return contract_messages(windowed, x[src], window, w_flat, bias, segment_layout(local_dst, num_nodes))

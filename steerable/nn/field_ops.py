@@ -10,9 +10,10 @@ them, or any scalar gate applied to a whole field, is exactly G-equivariant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from escnn.nn import FieldType
 from torch import nn
 
@@ -52,12 +53,12 @@ class FieldLayout(nn.Module):
         return torch.cat([run.view(x).square().sum(-1) for run in self.runs], dim=-1)
 
 
-@dataclass(frozen=True)
-class FieldRun:
+class FieldRun(NamedTuple):
     """Consecutive fields of one size and triviality: channels ``[start, stop)``, fields from ``first_field``.
 
     Non-trivial runs also own the gate slots ``[first_gate, first_gate + count)``. Working run by run
-    replaces per-channel gathers (``x[:, index]`` and its scatter backward) by reshaped views.
+    replaces per-channel gathers (``x[:, index]`` and its scatter backward) by reshaped views. A plain
+    tuple of ints, so ``torch.compile`` guards on its values (layers with equal types share one graph).
     """
 
     start: int
@@ -73,82 +74,100 @@ class FieldRun:
         return x[:, self.start : self.stop].view(x.shape[0], self.count, self.dim)
 
 
-def _field_runs(sizes: list[int], trivial: list[bool]) -> list[FieldRun]:
+def _field_runs(sizes: list[int], trivial: list[bool]) -> tuple[FieldRun, ...]:
     runs: list[FieldRun] = []
     channel = gate = 0
     for field, (size, is_trivial) in enumerate(zip(sizes, trivial)):
         last = runs[-1] if runs else None
         if last is not None and last.dim == size and last.trivial == is_trivial:
-            runs[-1] = replace(last, stop=last.stop + size, count=last.count + 1)
+            runs[-1] = last._replace(stop=last.stop + size, count=last.count + 1)
         else:
             runs.append(FieldRun(channel, channel + size, field, 1, size, is_trivial, gate))
         channel += size
         gate += 0 if is_trivial else 1
-    return runs
+    return tuple(runs)
+
+
+def runwise_nonlinearity(
+    x: torch.Tensor,
+    kind: str,
+    runs: tuple[FieldRun, ...],
+    norm_bias: torch.Tensor | None = None,
+    channels_first: bool = False,
+) -> torch.Tensor:
+    """The gated (``kind="gated"``) or norm (``"norm"``) nonlinearity as a pure function, run by run.
+
+    Trivial fields go through SiLU. ``gated``: the input ends with one gate channel per non-trivial
+    field, and every non-trivial field is multiplied by ``2·sigmoid`` of its gate. ``norm``: every
+    non-trivial field f is multiplied by ``2·sigmoid(‖x_f‖ − norm_bias_f)``. Both scale a field by an
+    invariant, so they commute with ρ(g) for every G. Pure (tensors + tuples of ints), so the kernel
+    MLP can ``torch.compile`` it once for all layers of equal type.
+
+    Row layout ``(N, C_in)`` runs are column slices; channels-first ``(C_in, N)`` (``channels_first``)
+    makes every run a contiguous block of rows, on which elementwise ops are ~4× faster on CPU.
+
+    Shapes: ``x: (N, T.size + gates) → (N, T.size)`` (transposed when ``channels_first``).
+    """
+    dim = 0 if channels_first else 1
+    size = runs[-1].stop
+    pieces = x.split([*(run.stop - run.start for run in runs), x.shape[dim] - size], dim=dim)
+    gates = 2 * torch.sigmoid(pieces[-1]) if kind == "gated" else None  # 2·sigmoid: gain ≈ 1 at init
+    out = []
+    for run, piece in zip(runs, pieces):
+        if run.trivial:
+            out.append(F.silu(piece))
+            continue
+        rows = piece.shape[1] if channels_first else piece.shape[0]
+        shape = (run.count, run.dim, rows) if channels_first else (rows, run.count, run.dim)
+        fields = piece.view(shape)
+        if kind == "gated":
+            first, last = run.first_gate, run.first_gate + run.count
+            if channels_first:  # the gate broadcasts over the middle (dim) axis
+                out.append((fields * gates[first:last, None, :]).view(piece.shape))
+            else:
+                out.append(scale_fields(fields, gates[:, first:last]).view(piece.shape))
+            continue
+        bias = norm_bias[run.first_field : run.first_field + run.count]
+        axis, bias = (1, bias[:, None, None]) if channels_first else (-1, bias[:, None])
+        norms = torch.sqrt(fields.square().sum(axis, keepdim=True) + 1e-12)
+        out.append((fields * (2 * torch.sigmoid(norms - bias))).view(piece.shape))
+    return torch.cat(out, dim=dim) if len(out) > 1 else out[0]
 
 
 class _RunwiseNonlinearity(nn.Module):
-    """Shared plumbing: apply a nonlinearity field run by field run (see :class:`FieldRun`).
+    """Module form of :func:`runwise_nonlinearity` for one FieldType (see :class:`FieldRun`)."""
 
-    ``linear_forward_t`` works channels-first, ``(C, N)``: one matmul ``W @ x`` whose runs are then
-    contiguous row blocks. (Row-major ``(N, C)`` runs are column slices, on which elementwise ops are
-    ~4× slower on CPU; one matmul per run instead costs ~20 % more per layer than channels-first.)
-    """
+    kind = ""
+    num_gates = 0
 
-    def __init__(self, field_type: FieldType, activation: nn.Module | None):
+    def __init__(self, field_type: FieldType):
         super().__init__()
         self.layout = FieldLayout(field_type)
-        self.activation = activation or nn.SiLU()
+
+    @property
+    def norm_bias(self) -> torch.Tensor | None:
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (N, in size) → (N, T.size)``."""
-        return self._apply_runs(self._split(x, dim=1), channels_first=False)
-
-    def linear_forward_t(
-        self, x_t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Channels-first ``forward(F.linear(x, W, b))ᵀ``: ``x_t: (C_in, N) → (T.size, N)``."""
-        y_t = weight @ x_t if bias is None else torch.addmm(bias[:, None], weight, x_t)
-        return self._apply_runs(self._split(y_t, dim=0), channels_first=True)
-
-    def _split(self, x: torch.Tensor, dim: int) -> list[torch.Tensor]:
-        """Per-run pieces of ``x`` along ``dim`` and, last, the trailing gate channels (maybe empty)."""
-        sizes = [run.stop - run.start for run in self.layout.runs]
-        return list(x.split([*sizes, x.shape[dim] - self.layout.size], dim=dim))
-
-    def _apply_runs(self, pieces: list[torch.Tensor], channels_first: bool) -> torch.Tensor:
-        raise NotImplementedError
+        return runwise_nonlinearity(x, self.kind, self.layout.runs, self.norm_bias)
 
 
 class GatedNonlinearity(_RunwiseNonlinearity):
     """Exactly equivariant nonlinearity for any FieldType.
 
     Input type ``T ⊕ k×trivial`` (``k`` = number of non-trivial fields of T, the gates, last);
-    output type ``T``. Trivial fields of T go through ``activation``; every non-trivial field is
-    multiplied by ``2·sigmoid`` of its own gate, which is invariant, so ρ(g) commutes with the gating.
+    output type ``T``. Trivial fields of T go through SiLU; every non-trivial field is multiplied by
+    ``2·sigmoid`` of its own gate, which is invariant, so ρ(g) commutes with the gating.
 
     Shapes: ``x: (N, T.size + k) → (N, T.size)``.
     """
 
-    def __init__(self, field_type: FieldType, activation: nn.Module | None = None):
-        super().__init__(field_type, activation)
-        self.num_gates = self.layout.num_nontrivial
+    kind = "gated"
 
-    def _apply_runs(self, pieces: list[torch.Tensor], channels_first: bool) -> torch.Tensor:
-        # 2·sigmoid keeps the expected gain of the gate ≈ 1 at initialisation.
-        gates = 2 * torch.sigmoid(pieces[-1]) if self.num_gates else pieces[-1]
-        out = []
-        for run, piece in zip(self.layout.runs, pieces):
-            first, last = run.first_gate, run.first_gate + run.count
-            if run.trivial:
-                out.append(self.activation(piece))
-            elif channels_first:  # (count·dim, N): the gate broadcasts over the middle (dim) axis
-                fields = piece.view(run.count, run.dim, piece.shape[1])
-                out.append((fields * gates[first:last, None, :]).view(piece.shape))
-            else:
-                fields = piece.view(piece.shape[0], run.count, run.dim)
-                out.append(scale_fields(fields, gates[:, first:last]).view(piece.shape))
-        return torch.cat(out, dim=0 if channels_first else 1) if len(out) > 1 else out[0]
+    def __init__(self, field_type: FieldType):
+        super().__init__(field_type)
+        self.num_gates = self.layout.num_nontrivial
 
 
 class FieldBatchNorm(nn.Module):
@@ -180,13 +199,17 @@ class FieldBatchNorm(nn.Module):
         Updates the running statistics in training mode. ``x`` may be None in eval mode. Returning the
         affine map (instead of applying it) lets a following linear layer absorb it for free.
         """
-        if self.training and x is not None and x.shape[batch_dim] > 1:
+        if x is not None and self.uses_batch_statistics(x.shape[batch_dim]):
             return self.affine_from_moments(*self.moments(x, batch_dim), x.shape[batch_dim])
         return self._affine(self.running_mean, self.running_var)
 
     def moments(self, x: torch.Tensor, batch_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel sums ``Σ x`` and ``Σ x²`` over the batch, ``(C,)`` each (addable across chunks)."""
-        return _Moments.apply(x, batch_dim)
+        return moments(x, batch_dim)
+
+    def uses_batch_statistics(self, batch_size: int) -> bool:
+        """Whether :meth:`affine` normalises with the batch's statistics (training mode, batch > 1)."""
+        return self.training and batch_size > 1
 
     def affine_from_moments(
         self, total: torch.Tensor, total_sq: torch.Tensor, count: int
@@ -213,34 +236,20 @@ class FieldBatchNorm(nn.Module):
 class NormNonlinearity(_RunwiseNonlinearity):
     """Exactly equivariant norm nonlinearity: ``x_f ↦ x_f · 2·sigmoid(‖x_f‖ − b_f)`` on non-trivial fields.
 
-    Trivial fields go through ``activation``. Needs no gate channels (input type = output type).
+    Trivial fields go through SiLU. Needs no gate channels (input type = output type).
 
     Shapes: ``x: (N, C) → (N, C)``.
     """
 
-    num_gates = 0
+    kind = "norm"
 
-    def __init__(self, field_type: FieldType, activation: nn.Module | None = None):
-        super().__init__(field_type, activation)
+    def __init__(self, field_type: FieldType):
+        super().__init__(field_type)
         self.bias = nn.Parameter(torch.zeros(self.layout.num_fields))
 
-    def _apply_runs(self, pieces: list[torch.Tensor], channels_first: bool) -> torch.Tensor:
-        out = []
-        for run, piece in zip(self.layout.runs, pieces):
-            if run.trivial:
-                out.append(self.activation(piece))
-                continue
-            bias = self.bias[run.first_field : run.first_field + run.count]
-            if channels_first:  # (count·dim, N)
-                fields = piece.view(run.count, run.dim, piece.shape[1])
-                norms = torch.sqrt(fields.square().sum(1, keepdim=True) + 1e-12)
-                gate = 2 * torch.sigmoid(norms - bias[:, None, None])
-            else:
-                fields = piece.view(piece.shape[0], run.count, run.dim)
-                norms = torch.sqrt(fields.square().sum(-1, keepdim=True) + 1e-12)
-                gate = 2 * torch.sigmoid(norms - bias[:, None])
-            out.append((fields * gate).view(piece.shape))
-        return torch.cat(out, dim=0 if channels_first else 1) if len(out) > 1 else out[0]
+    @property
+    def norm_bias(self) -> torch.Tensor:
+        return self.bias
 
 
 def scale_fields(fields: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -265,6 +274,11 @@ class _ScaleFields(torch.autograd.Function):
         grad_fields = grad * scale[..., None] if ctx.needs_input_grad[0] else None
         grad_scale = _sum_last(grad * fields) if ctx.needs_input_grad[1] else None
         return grad_fields, grad_scale
+
+
+def moments(x: torch.Tensor, batch_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ x, Σ x²)`` over ``batch_dim`` of a 2-D ``x`` (backward: one fused pass)."""
+    return _Moments.apply(x, batch_dim)
 
 
 class _Moments(torch.autograd.Function):

@@ -12,6 +12,7 @@ import torch
 
 from steerable.equivariance import rep_matrix, std_matrix
 from steerable.kernels import ImplicitKernel
+from steerable.kernels.edge_mlp import hidden_layer_t
 from steerable.nn.chunked import node_chunks
 from steerable.nn.contraction import segment_layout
 from steerable.nn.field_ops import FieldBatchNorm, GatedNonlinearity, NormNonlinearity
@@ -77,8 +78,8 @@ def test_field_ops_are_equivariant(param, module):
 
 
 @pytest.mark.parametrize("module", ["gated", "norm"])
-def test_runwise_linear_forward_matches_forward(module):
-    """Channels-first ``linear_forward_t`` is ``(forward ∘ F.linear)ᵀ``, values and gradients."""
+def test_channels_first_hidden_layer_matches_forward(module):
+    """φ's channels-first ``hidden_layer_t`` is ``(forward ∘ F.linear)ᵀ``, values and gradients."""
     G = group("o3", 3)
     ft = G.field_type("2x0e+1x0o+2x1o+1x0e+1x2e", on="fiber")  # runs interleave trivial and not
     op = GatedNonlinearity(ft) if module == "gated" else NormNonlinearity(ft)
@@ -86,7 +87,7 @@ def test_runwise_linear_forward_matches_forward(module):
         op.bias.data.normal_()
     weight = torch.randn(ft.size + op.num_gates, 7, requires_grad=True)
     bias, x = torch.randn(weight.shape[0], requires_grad=True), torch.randn(30, 7)
-    fast = op.linear_forward_t(x.T, weight, bias).T
+    fast = hidden_layer_t(x.T, weight, bias, op.kind, op.layout.runs, op.norm_bias, False)[0].T
     fast_grads = torch.autograd.grad(fast.square().sum(), (weight, bias))
     slow = op(torch.nn.functional.linear(x, weight, bias))
     slow_grads = torch.autograd.grad(slow.square().sum(), (weight, bias))
