@@ -40,17 +40,18 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path):
 def test_summary_ratios_and_slope_from_synthetic_rows():
     rows = []
     for k, edges in ((4, 400), (8, 800)):
-        for variant, seconds, mb in (("reference", 2.0, 10 * k), ("nodewise", 0.5, k)):
+        for variant, seconds, mb in (("reference", 2.0, 10 * k), ("nodewise", 0.5, k), ("compiled", 0.4, k)):
             rows.append(dict(shape=f"sweep_k{k}", variant=variant, nodes=100, edges=edges, c_in=16, c_out=16,
                              step_s=seconds, peak_mb=float(mb), hidden=32))
     lines = summarise(rows)
     assert lines[0]["speedup"] == pytest.approx(4.0) and lines[0]["memory_ratio"] == pytest.approx(10.0)
+    assert lines[0]["compiled_speedup"] == pytest.approx(5.0)
     slopes = memory_slopes(rows)
     assert slopes["nodewise"]["bytes_per_edge"] == pytest.approx(4 * 2**20 / 400)
     assert slopes["bound_bytes_per_edge"] == 4 * (32 + 16)
     # chunked rows are fitted only where E ≥ 2·chunk_edges (smaller graphs run in one piece)
     chunked = [dict(r, variant="chunked", chunk_edges=300, peak_mb=m)
-               for r, m in zip(rows[1::2], (7.0, 5.0))] + [dict(rows[3], shape="sweep_k16", variant="chunked",
+               for r, m in zip(rows[1::3], (7.0, 5.0))] + [dict(rows[4], shape="sweep_k16", variant="chunked",
                                                                  edges=1600, chunk_edges=300, peak_mb=5.5)]
     chunked_slope = memory_slopes(rows + chunked)["chunked"]["bytes_per_edge"]
     assert chunked_slope == pytest.approx(0.5 * 2**20 / 800)
@@ -74,10 +75,12 @@ def test_quick_bench_in_subprocesses_with_analytic_and_models(tmp_path):
     out = tmp_path / "bench.json"
     main(["--quick", "--threads", "1", "--only", "modelnet", "--out", str(out)])
     data = json.loads(out.read_text())
-    variants = ["reference", "nodewise", "chunked", "analytic"]
+    variants = ["reference", "nodewise", "compiled", "chunked", "analytic"]
     assert [r["variant"] for r in data["rows"] if "error" not in r] == variants
     assert all(r["memory_method"].startswith("VmHWM-reset") for r in data["rows"])
     assert {m["model"] for m in data["models"]} == {"qm9", "modelnet"}
+    assert all(m["compiled_train_speedup"] > 0 for m in data["models"])
+    assert next(r for r in data["rows"] if r["variant"] == "compiled")["first_step_s"] > 0
 
 
 @pytest.mark.parametrize("aggr", ["mean", "add"])

@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> dict:
     for m in models:
         print(f"\nmodel {m['model']}: " + (m["skip"] if "skip" in m else
               f"training throughput ×{m['train_speedup']:.2f}, inference ×{m['infer_speedup']:.2f}, "
-              f"memory ÷{m['memory_ratio']:.2f} (nodewise vs reference)"))
+              f"memory ÷{m['memory_ratio']:.2f} (nodewise vs reference)"
+              + (f"; compiled φ: training ×{m['compiled_train_speedup']:.2f}, inference "
+                 f"×{m['compiled_infer_speedup']:.2f}" if "compiled" in m else "")))
     for g in report["goals"]:
         print(f"  goal {g['goal']}: {g['value']:.2f} vs {g['target']} -> {'met' if g['met'] else 'NOT met'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from steerable.bench.shapes import build_inputs, shape
 
 MODELS = {"qm9": ("steerable.models.qm9", "QM9Model"),
           "modelnet": ("steerable.models.modelnet", "ModelNetModel")}
-PATHS = ("reference", "nodewise")
+PATHS = ("reference", "nodewise", "compiled")  # compiled: node-wise with compile_mlp
 
 
 def model_shapes(quick: bool) -> dict[str, dict]:
@@ -67,10 +67,12 @@ def run_model_job(job: dict) -> dict:
     torch.manual_seed(int(job["seed"]))
     module, cls = MODELS[job["model"]]
     device = torch.device(job.get("device", "cpu"))
-    model = getattr(importlib.import_module(module), cls)(group={"name": "so3"}).to(device)
+    compiled = job["path"] == "compiled"
+    model_cls = getattr(importlib.import_module(module), cls)
+    model = model_cls(group={"name": "so3"}, conv=dict(compile_mlp=compiled)).to(device)
     convs = [m for m in model.modules() if isinstance(m, ImplicitPointConv)]
     for conv in convs:
-        conv.path = job["path"]
+        conv.path = "nodewise" if compiled else job["path"]
     spec = job["shape"]
     batch = _batch(job["model"], spec).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -86,15 +88,17 @@ def run_model_job(job: dict) -> dict:
         with torch.no_grad():
             model(batch)
 
-    warm_s, _ = median_time(train_step, 1, device)
+    first_s, _ = median_time(train_step, 1, device)  # compiles φ's graphs on the compiled path
+    warm_s, _ = median_time(train_step, 1, device) if compiled else (first_s, None)
     repeats = timed_repeats(warm_s, int(job["repeats"]), float(job["budget_s"]))
     train_s, _ = median_time(train_step, repeats, device)
-    infer_step()
+    infer_step()  # warmup (compiles the graphs without autograd on the compiled path)
     infer_s, _ = median_time(infer_step, repeats, device)
     memory_mb, method = peak_memory_mb(train_step, device)  # last: it slows malloc
     graphs = int(spec["graphs"])
     return dict(model=job["model"], path=job["path"], graphs=graphs, points_per_graph=int(spec["points"]),
-                implicit_convs=len(convs), train_step_s=train_s, infer_step_s=infer_s,
+                implicit_convs=len(convs), first_train_step_s=first_s, train_step_s=train_s,
+                infer_step_s=infer_s,
                 train_graphs_per_s=graphs / train_s, infer_graphs_per_s=graphs / infer_s,
                 train_peak_mb=memory_mb, memory_method=method, threads=torch.get_num_threads(),
                 device=str(device))
@@ -109,9 +113,13 @@ def summarise_models(results: list[dict]) -> list[dict]:
         if skipped:
             out.append(dict(model=name, skip=skipped[0]["skip"]))
         if "reference" in rows and "nodewise" in rows:
-            ref, nw = rows["reference"], rows["nodewise"]
-            out.append(dict(model=name, train_speedup=ref["train_step_s"] / nw["train_step_s"],
-                            infer_speedup=ref["infer_step_s"] / nw["infer_step_s"],
-                            memory_ratio=ref["train_peak_mb"] / max(nw["train_peak_mb"], 1.0),
-                            reference=ref, nodewise=nw))
+            ref, nw, co = rows["reference"], rows["nodewise"], rows.get("compiled")
+            line = dict(model=name, train_speedup=ref["train_step_s"] / nw["train_step_s"],
+                        infer_speedup=ref["infer_step_s"] / nw["infer_step_s"],
+                        memory_ratio=ref["train_peak_mb"] / max(nw["train_peak_mb"], 1.0),
+                        reference=ref, nodewise=nw)
+            if co:
+                line.update(compiled=co, compiled_train_speedup=ref["train_step_s"] / co["train_step_s"],
+                            compiled_infer_speedup=ref["infer_step_s"] / co["infer_step_s"])
+            out.append(line)
     return out

@@ -51,15 +51,18 @@ def summarise(rows: list[dict]) -> list[dict]:
     """One line per shape: times, memories, nodewise-vs-reference (and analytic) ratios."""
     lines = []
     for shape, variants in by_shape(rows).items():
-        ref, nw, ch, an = (variants.get(v) for v in ("reference", "nodewise", "chunked", "analytic"))
-        base = nw or ref or ch or an
+        ref, nw, co, ch, an = (variants.get(v) for v in ("reference", "nodewise", "compiled", "chunked",
+                                                          "analytic"))
+        base = nw or ref or co or ch or an
         line = dict(shape=shape, nodes=base["nodes"], edges=base["edges"], c_in=base["c_in"],
                     speedup=_ratio(ref, nw, "step_s"), memory_ratio=_ratio(ref, nw, "peak_mb"),
                     analytic_vs_nodewise_time=_ratio(an, nw, "step_s"),
                     analytic_vs_nodewise_memory=_ratio(an, nw, "peak_mb"),
+                    compiled_speedup=_ratio(ref, co, "step_s"),
                     chunked_speedup=_ratio(ref, ch, "step_s"),
                     chunked_memory_ratio=_ratio(ref, ch, "peak_mb"))
-        for name, row in (("reference", ref), ("nodewise", nw), ("chunked", ch), ("analytic", an)):
+        for name, row in (("reference", ref), ("nodewise", nw), ("compiled", co), ("chunked", ch),
+                          ("analytic", an)):
             line[f"{name}_s"] = row.get("step_s") if row else None
             line[f"{name}_mb"] = row.get("peak_mb") if row else None
         if nw and "phi_s" in nw:
@@ -85,7 +88,7 @@ def memory_slopes(rows: list[dict], family_prefix: str = "sweep") -> dict:
     """
     out = {}
     sweep = [r for r in rows if r["shape"].startswith(family_prefix) and r.get("peak_mb") is not None]
-    for variant in ("reference", "nodewise", "chunked", "analytic"):
+    for variant in ("reference", "nodewise", "compiled", "chunked", "analytic"):
         pts = [(r["edges"], r["peak_mb"]) for r in sweep if r["variant"] == variant
                and r["edges"] >= 2 * r.get("chunk_edges", 0)]
         if len(pts) >= 2:
@@ -113,9 +116,12 @@ def goals(lines: list[dict], slopes: dict, models: list[dict]) -> list[dict]:
         degree = line["edges"] / line["nodes"]
         if line["shape"].startswith("modelnet") and degree >= 32 and line["c_in"] >= 64:
             add(f"{line['shape']} speedup", line["speedup"], GOALS["modelnet_speedup"])
+            add(f"{line['shape']} speedup (compiled φ)", line.get("compiled_speedup"),
+                GOALS["modelnet_speedup"])
             add(f"{line['shape']} memory ratio", line["memory_ratio"], GOALS["modelnet_memory"])
         if line["shape"].startswith("qm9"):
             add(f"{line['shape']} speedup", line["speedup"], GOALS["qm9_speedup"])
+            add(f"{line['shape']} speedup (compiled φ)", line.get("compiled_speedup"), GOALS["qm9_speedup"])
     for variant in ("nodewise", "chunked"):
         if variant in slopes and "bound_bytes_per_edge" in slopes:
             add(f"{variant} memory slope (bytes/edge)", slopes[variant]["bytes_per_edge"],
@@ -123,6 +129,8 @@ def goals(lines: list[dict], slopes: dict, models: list[dict]) -> list[dict]:
     for m in models:
         if m.get("model", "").startswith("modelnet") and m.get("train_speedup") is not None:
             add(f"{m['model']} training throughput ratio", m["train_speedup"], GOALS["model_speedup"])
+            add(f"{m['model']} training throughput ratio (compiled φ)", m.get("compiled_train_speedup"),
+                GOALS["model_speedup"])
     return checks
 
 
@@ -132,15 +140,17 @@ def _fmt(v, spec: str) -> str:
 
 def format_table(lines: list[dict]) -> str:
     """Markdown table of the per-shape summary."""
-    head = ("| shape | N | E | C | ref s | nodewise s | chunked s | analytic s | speedup | ref MB | "
+    head = ("| shape | N | E | C | ref s | nodewise s | compiled s | chunked s | analytic s | speedup | "
+            "compiled speedup | ref MB | "
             "nodewise MB | chunked MB | analytic MB | mem ratio | chunked mem ratio | φ share | "
             "contraction speedup | GFLOP/s |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for ln in lines:
         rows.append("| " + " | ".join([
             ln["shape"], str(ln["nodes"]), str(ln["edges"]), str(ln["c_in"]),
-            _fmt(ln["reference_s"], ".3f"), _fmt(ln["nodewise_s"], ".3f"), _fmt(ln.get("chunked_s"), ".3f"),
-            _fmt(ln["analytic_s"], ".3f"), _fmt(ln["speedup"], ".1f") + "×", _fmt(ln["reference_mb"], ".0f"),
+            _fmt(ln["reference_s"], ".3f"), _fmt(ln["nodewise_s"], ".3f"), _fmt(ln.get("compiled_s"), ".3f"),
+            _fmt(ln.get("chunked_s"), ".3f"), _fmt(ln["analytic_s"], ".3f"), _fmt(ln["speedup"], ".1f") + "×",
+            _fmt(ln.get("compiled_speedup"), ".1f") + "×", _fmt(ln["reference_mb"], ".0f"),
             _fmt(ln["nodewise_mb"], ".0f"), _fmt(ln.get("chunked_mb"), ".0f"), _fmt(ln["analytic_mb"], ".0f"),
             _fmt(ln["memory_ratio"], ".1f") + "×", _fmt(ln.get("chunked_memory_ratio"), ".1f") + "×",
             _fmt(ln.get("phi_share"), ".0%"), _fmt(ln.get("contraction_speedup"), ".1f") + "×",
@@ -154,7 +164,8 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = dict(reference="tab:red", nodewise="tab:blue", chunked="tab:purple", analytic="tab:green")
+    colours = dict(reference="tab:red", nodewise="tab:blue", compiled="tab:cyan", chunked="tab:purple",
+                   analytic="tab:green")
     families = {"qm9": ("qm9", None, "s"), "modelnet C=32": ("modelnet", 32, "D"),
                 "modelnet C=64": ("modelnet", 64, "o"), "sweep": ("sweep", None, "^")}
     for variant, colour in colours.items():
@@ -176,7 +187,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=1)
-    fig.suptitle("Implicit point conv: per-edge reference vs node-wise (one pass, chunked) vs escnn analytic")
+    fig.suptitle("Implicit point conv: per-edge reference vs node-wise (one pass, compiled φ, chunked) "
+                 "vs escnn analytic")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -184,19 +196,22 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def format_models(models: list[dict]) -> str:
     """Markdown table of whole-model throughput (graphs/s), node-wise vs reference."""
-    head = ("| model | batch | reference train/s | nodewise train/s | train × | reference infer/s | "
-            "nodewise infer/s | infer × | ref MB | nodewise MB | mem ratio |")
+    head = ("| model | batch | reference train/s | nodewise train/s | train × | compiled train/s | train × | "
+            "reference infer/s | nodewise infer/s | infer × | compiled infer/s | infer × | ref MB | "
+            "nodewise MB | mem ratio |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for m in models:
         if "skip" in m:
             rows.append(f"| {m['model']} | skipped: {m['skip']} |" + " |" * (head.count("|") - 3))
             continue
-        ref, nw = m["reference"], m["nodewise"]
+        ref, nw, co = m["reference"], m["nodewise"], m.get("compiled") or {}
         rows.append("| " + " | ".join([
             m["model"], f"{ref['graphs']}×{ref['points_per_graph']}",
             f"{ref['train_graphs_per_s']:.2f}", f"{nw['train_graphs_per_s']:.2f}",
-            f"{m['train_speedup']:.2f}×", f"{ref['infer_graphs_per_s']:.2f}",
+            f"{m['train_speedup']:.2f}×", _fmt(co.get("train_graphs_per_s"), ".2f"),
+            _fmt(m.get("compiled_train_speedup"), ".2f") + "×", f"{ref['infer_graphs_per_s']:.2f}",
             f"{nw['infer_graphs_per_s']:.2f}", f"{m['infer_speedup']:.2f}×",
+            _fmt(co.get("infer_graphs_per_s"), ".2f"), _fmt(m.get("compiled_infer_speedup"), ".2f") + "×",
             f"{ref['train_peak_mb']:.0f}", f"{nw['train_peak_mb']:.0f}", f"{m['memory_ratio']:.1f}×"]) + " |")
     return "\n".join(rows)
 
@@ -207,7 +222,8 @@ def markdown(report: dict) -> str:
     slopes = report.get("memory_slope", {})
     if "nodewise" in slopes:
         per_variant = ", ".join(f"{v} **{slopes[v]['bytes_per_edge']:.0f} B/edge**"
-                                for v in ("reference", "nodewise", "chunked", "analytic") if v in slopes)
+                                for v in ("reference", "nodewise", "compiled", "chunked", "analytic")
+                                if v in slopes)
         parts.append(f"Memory slope over the sweep (least squares, peak MB vs E): {per_variant}; "
                      f"(H + C_in)·4 = {slopes['bound_bytes_per_edge']:.0f} B/edge "
                      f"(H = {slopes['hidden']}, C_in = {slopes['c_in']}).")

@@ -28,7 +28,7 @@ import torch
 from steerable.bench.shapes import build_inputs
 
 MARK = "RESULT "
-VARIANTS = ("reference", "nodewise", "chunked", "analytic")
+VARIANTS = ("reference", "nodewise", "compiled", "chunked", "analytic")
 CHUNK_EDGES = 4096  # the ``chunked`` variant: node-wise with φ recomputed per chunk of ~4k edges
 
 
@@ -102,13 +102,16 @@ def median_time(fn: Callable[[], object], repeats: int,
 
 
 def build_conv(group, variant: str, in_type: str, out_type: str, kernel: dict) -> torch.nn.Module:
-    """The layer under test: implicit conv (``reference``, ``nodewise``, ``chunked``) or escnn's analytic."""
+    """The layer under test: implicit conv (``reference``, ``nodewise``, ``compiled``: node-wise with
+    ``compile_mlp``, ``chunked``) or escnn's analytic."""
     if variant == "analytic":
         from steerable.nn.analytic import AnalyticPointConv
         return AnalyticPointConv(group, in_type, out_type)
     from steerable.nn.point_conv import ImplicitPointConv
     if variant == "chunked":
         return ImplicitPointConv(group, in_type, out_type, path="nodewise", chunk_edges=CHUNK_EDGES, **kernel)
+    if variant == "compiled":
+        return ImplicitPointConv(group, in_type, out_type, path="nodewise", compile_mlp=True, **kernel)
     return ImplicitPointConv(group, in_type, out_type, path=variant, **kernel)
 
 
@@ -172,6 +175,7 @@ def run_job(job: dict) -> dict:
         x.grad = None
         conv(x, pos, edge_index).square().mean().backward()
 
+    compile_s = median_time(step, 1, device)[0] if variant == "compiled" else None  # compiles
     cold_s, _ = median_time(step, 1, device)
     if cold_s < job["budget_s"] / 4:
         step()  # warmup
@@ -185,6 +189,8 @@ def run_job(job: dict) -> dict:
         result["hidden"] = conv.kernel.hidden_size
     if variant == "chunked":
         result["chunk_edges"] = CHUNK_EDGES
+    if compile_s is not None:
+        result["first_step_s"] = compile_s  # includes compilation (graphs may come from inductor's cache)
     if variant == "nodewise" and job.get("extras", True):
         result["phi_s"] = phi_time(conv, inputs, repeats)
         result.update(contraction_rate(conv, inputs, max(repeats, 3)))
