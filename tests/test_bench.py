@@ -10,8 +10,8 @@ from steerable.bench.__main__ import main
 from steerable.bench.report import format_table, memory_slopes, summarise
 from steerable.bench.worker import timed_repeats
 
-ROW_FIELDS = {"shape", "variant", "nodes", "edges", "c_in", "c_out", "step_s", "peak_mb", "memory_method",
-              "threads"}
+ROW_FIELDS = {"shape", "variant", "nodes", "edges", "c_in", "c_out", "step_s", "peak_mb", "tensor_peak_mb",
+              "memory_method", "threads"}
 
 
 def test_quick_bench_writes_json_table_and_plot(tmp_path):
@@ -55,6 +55,10 @@ def test_summary_ratios_and_slope_from_synthetic_rows():
                                                                  edges=1600, chunk_edges=300, peak_mb=5.5)]
     chunked_slope = memory_slopes(rows + chunked)["chunked"]["bytes_per_edge"]
     assert chunked_slope == pytest.approx(0.5 * 2**20 / 800)
+    # tensor peaks (profiler) take precedence over RSS peaks where measured
+    exact = [dict(r, tensor_peak_mb=r["peak_mb"] / 2) for r in rows]
+    assert memory_slopes(exact)["nodewise"]["bytes_per_edge"] == pytest.approx(2 * 2**20 / 400)
+    assert memory_slopes(exact, rss=True)["nodewise"]["bytes_per_edge"] == pytest.approx(4 * 2**20 / 400)
     assert "sweep_k4" in format_table(lines)
 
 

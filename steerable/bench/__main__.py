@@ -102,7 +102,8 @@ def run_convs(args: argparse.Namespace) -> list[dict]:
             result["wall_s"] = time.perf_counter() - start
             rows.append(result)
             status = result.get("error", "")[-200:] or (
-                f"E={result['edges']:>7d} step {result['step_s']:.3f} s  peak {result['peak_mb']:.0f} MB")
+                f"E={result['edges']:>7d} step {result['step_s']:.3f} s  "
+                f"tensors {result['tensor_peak_mb']:.0f} MB  RSS {result['peak_mb']:.0f} MB")
             print(f"  {spec['name']:<20s} {variant:<10s} {status}", flush=True)
     return rows
 
@@ -140,17 +141,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"dense torch.mm: {matmul:.1f} GFLOP/s", flush=True)
     rows = run_convs(args)
     ok = [r for r in rows if "error" not in r]
-    lines, slopes = summarise(ok), memory_slopes(ok)
+    lines, slopes, rss_slopes = summarise(ok), memory_slopes(ok), memory_slopes(ok, rss=True)
     model_rows, models = ([], []) if args.no_models else run_models(args)
     info["loadavg_end"] = os.getloadavg()
     report = dict(machine=info, args={k: str(v) for k, v in vars(args).items()}, kernel=KERNEL,
                   dense_matmul_gflops=matmul, rows=rows, summary=lines, memory_slope=slopes,
+                  rss_memory_slope=rss_slopes,
                   model_rows=model_rows, models=models, goals=goals(lines, slopes, models))
     print("\n" + format_table(lines))
-    if slopes.get("nodewise"):
-        print("\nmemory slope (sweep): " + ", ".join(
-            f"{v} {slopes[v]['bytes_per_edge']:.0f} B/edge" for v in VARIANTS if v in slopes)
-            + f"; bound (H + C_in)·4 = {slopes['bound_bytes_per_edge']:.0f} B/edge")
+    for name, fitted in (("tensor", slopes), ("RSS", rss_slopes)):
+        if fitted.get("nodewise"):
+            print(f"\nmemory slope (sweep, {name} peaks): " + ", ".join(
+                f"{v} {fitted[v]['bytes_per_edge']:.0f} B/edge" for v in VARIANTS if v in fitted)
+                + f"; bound (H + C_in)·4 = {fitted['bound_bytes_per_edge']:.0f} B/edge")
     for m in models:
         print(f"\nmodel {m['model']}: " + (m["skip"] if "skip" in m else
               f"training throughput ×{m['train_speedup']:.2f}, inference ×{m['infer_speedup']:.2f}, "

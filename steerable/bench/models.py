@@ -13,6 +13,7 @@ import importlib
 import torch
 import torch.nn.functional as F
 
+from steerable.bench.report import memory_mb_model
 from steerable.bench.shapes import build_inputs, shape
 
 MODELS = {"qm9": ("steerable.models.qm9", "QM9Model"),
@@ -61,7 +62,7 @@ def _batch(name: str, spec: dict):
 
 def run_model_job(job: dict) -> dict:
     """Training and inference throughput (graphs/s) and training-step peak memory of one (model, path)."""
-    from steerable.bench.worker import median_time, peak_memory_mb, timed_repeats
+    from steerable.bench.worker import median_time, peak_memory_mb, tensor_peak_mb, timed_repeats
     from steerable.nn.point_conv import ImplicitPointConv
     torch.set_num_threads(int(job["threads"]))
     torch.manual_seed(int(job["seed"]))
@@ -94,13 +95,15 @@ def run_model_job(job: dict) -> dict:
     train_s, _ = median_time(train_step, repeats, device)
     infer_step()  # warmup (compiles the graphs without autograd on the compiled path)
     infer_s, _ = median_time(infer_step, repeats, device)
+    tensor_mb = tensor_peak_mb(train_step)
     memory_mb, method = peak_memory_mb(train_step, device)  # last: it slows malloc
     graphs = int(spec["graphs"])
     return dict(model=job["model"], path=job["path"], graphs=graphs, points_per_graph=int(spec["points"]),
                 implicit_convs=len(convs), first_train_step_s=first_s, train_step_s=train_s,
                 infer_step_s=infer_s,
                 train_graphs_per_s=graphs / train_s, infer_graphs_per_s=graphs / infer_s,
-                train_peak_mb=memory_mb, memory_method=method, threads=torch.get_num_threads(),
+                train_tensor_peak_mb=tensor_mb, train_peak_mb=memory_mb, memory_method=method,
+                threads=torch.get_num_threads(),
                 device=str(device))
 
 
@@ -116,7 +119,7 @@ def summarise_models(results: list[dict]) -> list[dict]:
             ref, nw, co = rows["reference"], rows["nodewise"], rows.get("compiled")
             line = dict(model=name, train_speedup=ref["train_step_s"] / nw["train_step_s"],
                         infer_speedup=ref["infer_step_s"] / nw["infer_step_s"],
-                        memory_ratio=ref["train_peak_mb"] / max(nw["train_peak_mb"], 1.0),
+                        memory_ratio=memory_mb_model(ref) / max(memory_mb_model(nw), 1.0),
                         reference=ref, nodewise=nw)
             if co:
                 line.update(compiled=co, compiled_train_speedup=ref["train_step_s"] / co["train_step_s"],

@@ -39,12 +39,20 @@ def by_shape(rows: list[dict]) -> dict[str, dict[str, dict]]:
     return table
 
 
-def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
-    """``a[key] / b[key]``; memory denominators are floored at 1 MB (RSS granularity and noise)."""
-    if not a or not b or a.get(key) is None or b.get(key) is None:
+def memory_mb(row: dict | None) -> float | None:
+    """A row's peak memory: the tensor peak from the profiler when measured, else the RSS peak."""
+    if not row:
         return None
-    floor = 1.0 if key == "peak_mb" else 1e-9
-    return a[key] / max(b[key], floor)
+    return row.get("tensor_peak_mb", row.get("peak_mb"))
+
+
+def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
+    """``a[key] / b[key]`` (``key="memory"``: :func:`memory_mb`, denominators floored at 1 MB)."""
+    value = memory_mb if key == "memory" else (lambda row: row.get(key) if row else None)
+    top, bottom = value(a), value(b)
+    if top is None or bottom is None:
+        return None
+    return top / max(bottom, 1.0 if key == "memory" else 1e-9)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -55,16 +63,17 @@ def summarise(rows: list[dict]) -> list[dict]:
                                                           "analytic"))
         base = nw or ref or co or ch or an
         line = dict(shape=shape, nodes=base["nodes"], edges=base["edges"], c_in=base["c_in"],
-                    speedup=_ratio(ref, nw, "step_s"), memory_ratio=_ratio(ref, nw, "peak_mb"),
+                    speedup=_ratio(ref, nw, "step_s"), memory_ratio=_ratio(ref, nw, "memory"),
                     analytic_vs_nodewise_time=_ratio(an, nw, "step_s"),
-                    analytic_vs_nodewise_memory=_ratio(an, nw, "peak_mb"),
+                    analytic_vs_nodewise_memory=_ratio(an, nw, "memory"),
                     compiled_speedup=_ratio(ref, co, "step_s"),
                     chunked_speedup=_ratio(ref, ch, "step_s"),
-                    chunked_memory_ratio=_ratio(ref, ch, "peak_mb"))
+                    chunked_memory_ratio=_ratio(ref, ch, "memory"))
         for name, row in (("reference", ref), ("nodewise", nw), ("compiled", co), ("chunked", ch),
                           ("analytic", an)):
             line[f"{name}_s"] = row.get("step_s") if row else None
-            line[f"{name}_mb"] = row.get("peak_mb") if row else None
+            line[f"{name}_mb"] = memory_mb(row)
+            line[f"{name}_rss_mb"] = row.get("peak_mb") if row else None
         if nw and "phi_s" in nw:
             line.update(phi_share=nw["phi_s"] / nw["step_s"], contraction_gflops=nw["contraction_gflops"],
                         contraction_speedup=_contraction_speedup(ref, nw))
@@ -80,16 +89,20 @@ def _contraction_speedup(ref: dict | None, nw: dict) -> float | None:
     return rest_ref / rest_nw if rest_nw > 0 and rest_ref > 0 else None
 
 
-def memory_slopes(rows: list[dict], family_prefix: str = "sweep") -> dict:
+def memory_slopes(rows: list[dict], family_prefix: str = "sweep", rss: bool = False) -> dict:
     """Least-squares slope of peak memory vs E over the sweep, in bytes per edge, per variant.
 
+    Fitted to :func:`memory_mb` (tensor peaks where measured), or to the RSS peaks with ``rss``.
     ``chunked`` is fitted over the sweep points that are actually cut into chunks (E ≥ 2·chunk_edges;
     smaller graphs run in one piece, i.e. exactly as ``nodewise``).
     """
+    def value(row: dict) -> float | None:
+        return row.get("peak_mb") if rss else memory_mb(row)
+
     out = {}
-    sweep = [r for r in rows if r["shape"].startswith(family_prefix) and r.get("peak_mb") is not None]
+    sweep = [r for r in rows if r["shape"].startswith(family_prefix) and value(r) is not None]
     for variant in ("reference", "nodewise", "compiled", "chunked", "analytic"):
-        pts = [(r["edges"], r["peak_mb"]) for r in sweep if r["variant"] == variant
+        pts = [(r["edges"], value(r)) for r in sweep if r["variant"] == variant
                and r["edges"] >= 2 * r.get("chunk_edges", 0)]
         if len(pts) >= 2:
             e, mb = np.array(pts, dtype=float).T
@@ -170,7 +183,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 "modelnet C=64": ("modelnet", 64, "o"), "sweep": ("sweep", None, "^")}
     for variant, colour in colours.items():
         for family, (prefix, channels, marker) in families.items():
-            pts = sorted((r["edges"], r["step_s"], r["peak_mb"]) for r in rows
+            pts = sorted((r["edges"], r["step_s"], memory_mb(r)) for r in rows
                          if r["variant"] == variant and r["shape"].startswith(prefix) and "step_s" in r
                          and channels in (None, r["c_in"]))
             if not pts:
@@ -180,7 +193,8 @@ def plot(rows: list[dict], path: Path) -> None:
             label = f"{variant} ({family})"
             axes[0].plot(e, t, style + marker, color=colour, label=label, alpha=0.8)
             axes[1].plot(e, np.maximum(m, 1e-1), style + marker, color=colour, label=label, alpha=0.8)
-    for ax, ylabel in zip(axes, ("train step (fwd+bwd) [s]", "peak memory over baseline [MB]"), strict=True):
+    labels = ("train step (fwd+bwd) [s]", "peak tensor memory of a step [MB]")
+    for ax, ylabel in zip(axes, labels, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("edges E")
@@ -192,6 +206,11 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def memory_mb_model(row: dict) -> float | None:
+    """A whole-model row's training peak: tensor peak where measured, else RSS."""
+    return row.get("train_tensor_peak_mb", row.get("train_peak_mb"))
 
 
 def format_models(models: list[dict]) -> str:
@@ -212,7 +231,8 @@ def format_models(models: list[dict]) -> str:
             _fmt(m.get("compiled_train_speedup"), ".2f") + "×", f"{ref['infer_graphs_per_s']:.2f}",
             f"{nw['infer_graphs_per_s']:.2f}", f"{m['infer_speedup']:.2f}×",
             _fmt(co.get("infer_graphs_per_s"), ".2f"), _fmt(m.get("compiled_infer_speedup"), ".2f") + "×",
-            f"{ref['train_peak_mb']:.0f}", f"{nw['train_peak_mb']:.0f}", f"{m['memory_ratio']:.1f}×"]) + " |")
+            _fmt(memory_mb_model(ref), ".0f"), _fmt(memory_mb_model(nw), ".0f"),
+            f"{m['memory_ratio']:.1f}×"]) + " |")
     return "\n".join(rows)
 
 
@@ -224,7 +244,7 @@ def markdown(report: dict) -> str:
         per_variant = ", ".join(f"{v} **{slopes[v]['bytes_per_edge']:.0f} B/edge**"
                                 for v in ("reference", "nodewise", "compiled", "chunked", "analytic")
                                 if v in slopes)
-        parts.append(f"Memory slope over the sweep (least squares, peak MB vs E): {per_variant}; "
+        parts.append(f"Memory slope over the sweep (least squares, tensor peak MB vs E): {per_variant}; "
                      f"(H + C_in)·4 = {slopes['bound_bytes_per_edge']:.0f} B/edge "
                      f"(H = {slopes['hidden']}, C_in = {slopes['c_in']}).")
     if report.get("models"):

@@ -68,6 +68,27 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str | None =
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base, "ru_maxrss"
 
 
+def tensor_peak_mb(fn: Callable[[], object]) -> float:
+    """Peak of the bytes held by tensors created during ``fn()`` (MB), from the torch profiler's memory
+    timeline: exact and the same in every process, unlike RSS (whose peak delta varied by ±10 MB between
+    processes for the same shape, from the allocator's state). Tensors that existed before count as 0,
+    and freeing them lowers the total. Counts tensor storage only (any device), no allocator overhead.
+    """
+    from torch.profiler import profile
+    from torch.profiler._memory_profiler import Action
+    gc.collect()
+    with profile(profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak / 2**20
+
+
 def _malloc_returns_memory() -> bool:
     """Make glibc serve every allocation ≥ 64 KiB by mmap and hand freed heap back (``malloc_trim``).
 
@@ -194,6 +215,7 @@ def run_job(job: dict) -> dict:
     if variant == "nodewise" and job.get("extras", True):
         result["phi_s"] = phi_time(conv, inputs, repeats)
         result.update(contraction_rate(conv, inputs, max(repeats, 3)))
+    result["tensor_peak_mb"] = tensor_peak_mb(step)
     result["peak_mb"], result["memory_method"] = peak_memory_mb(step, device)  # last: it slows malloc
     return result
 
