@@ -38,9 +38,9 @@ class ImplicitPointConv(MessagePassing):
             are concatenated to the edge input of the kernel MLP.
         path: ``"nodewise"`` (fast) or ``"reference"`` (per-edge kernels).
         chunk_edges: node-wise path only: process target nodes in chunks of about this many edges and
-            recompute the kernel MLP in backward (:mod:`steerable.nn.chunked`). Peak memory no longer
-            grows with φ's activations (measured ≈ 0.5 kB/edge instead of ≈ 3 kB/edge) at the cost of
-            recomputing φ (≈ 1.1–1.6× the step time without batch norm in φ, 2–5× with it).
+            recompute the kernel MLP in backward (:mod:`steerable.nn.chunked`). The step's tensor memory
+            no longer grows with E (measured flat, vs ≈ 2.7 kB/edge in one pass) at the cost of
+            recomputing φ (≈ 1.1–1.6× the step time without batch norm in φ, 3–5× with it).
             ``None`` (default): one pass over all edges.
         aggr: ``"mean"`` or ``"add"``.
         bias: learnable bias on the trivial fields of ``out_type``.
