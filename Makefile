@@ -36,6 +36,10 @@ install: $(MAKE_VENV) ## Install steerable (editable, with dev extras) into .ven
 	  echo ">> gfortran missing (needed by escnn -> py3nj): installing it with apt-get"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gfortran; \
 	fi
+	@if ! command -v g++ >/dev/null 2>&1 && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo ">> g++ missing (torch.compile on CPU, model.conv.compile_mlp=true): installing it with apt-get"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y g++; \
+	fi
 	$(PY) -m pip install torch==2.13.0
 	@if command -v gfortran >/dev/null 2>&1; then \
 	  $(PY) -m pip install -e ".[dev]"; \

@@ -16,6 +16,8 @@ statistics) stays eager and outside the compiled graphs.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
 import torch
 
@@ -94,6 +96,12 @@ def hidden_layer_t(
     return (a_t if window is None else a_t * window), stats
 
 
+def cpu_compiler() -> str | None:
+    """Path of the C++ compiler ``torch.compile`` would use on CPU (``$CXX``, g++, c++, clang++), or None."""
+    candidates = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    return next((path for name in candidates if name and (path := shutil.which(name))), None)
+
+
 class EdgeMLPOps:
     """The functions of this module, eager or compiled (one compiled graph per distinct signature).
 
@@ -105,11 +113,18 @@ class EdgeMLPOps:
 
     def __init__(self, compiled: bool = False):
         self.compiled = compiled
+        self._compiler_checked = False
 
     def _call(self, fn, args: tuple, dynamic: tuple[tuple[int, int], ...]):
         """``fn(*args)``; compiled: through the shared graph, with ``args[i].shape[dim]`` marked dynamic."""
         if not self.compiled:
             return fn(*args)
+        if not self._compiler_checked and args[0].device.type == "cpu":
+            if cpu_compiler() is None:
+                raise RuntimeError("compile_mlp=True: torch.compile on CPU needs a C++ compiler (g++, "
+                                   "clang++ or $CXX) and none was found; install one or set "
+                                   "model.conv.compile_mlp=false")
+            self._compiler_checked = True
         for i, dim in dynamic:
             if args[i] is not None:
                 torch._dynamo.maybe_mark_dynamic(args[i], dim)

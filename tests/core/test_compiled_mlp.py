@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from steerable.kernels import edge_mlp
+from steerable.kernels.edge_mlp import cpu_compiler
 from steerable.nn.point_conv import ImplicitPointConv
 from steerable.testing import (
     assert_equivariant_point_module,
@@ -22,6 +24,7 @@ from steerable.testing import (
 )
 
 TYPES = ("2x0e+1x1o+1x2e", "2x0e+1x1o")
+pytestmark = pytest.mark.skipif(not cpu_compiler(), reason="torch.compile on CPU needs a C++ compiler (g++)")
 
 
 def _conv(compiled: bool, dtype=torch.float32, **kwargs) -> ImplicitPointConv:
@@ -72,3 +75,11 @@ def test_layers_of_equal_types_share_compiled_graphs():
     pos, edge_index = random_graph(num_nodes=25, num_edges=90, seed=3)
     second(torch.randn(25, second.in_type.size), pos, edge_index).sum().backward()
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_missing_cpu_compiler_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(edge_mlp, "cpu_compiler", lambda: None)
+    conv = _conv(True)
+    x, pos, edge_index = random_point_inputs(conv.in_type)
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+        conv(x, pos, edge_index)

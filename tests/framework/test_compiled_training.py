@@ -10,6 +10,7 @@ from torch_geometric.data import Batch
 
 from steerable.checkpoint import load_checkpoint
 from steerable.data.synthetic import SyntheticPointCloudDataModule
+from steerable.kernels.edge_mlp import cpu_compiler
 from steerable.nn.point_conv import ImplicitPointConv
 from steerable.train import train
 
@@ -22,6 +23,7 @@ STEERABLE_CLASSIFIER = [
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not cpu_compiler(), reason="torch.compile on CPU needs a C++ compiler (g++)")
 def test_compiled_kernel_mlp_trains_and_restores(compose_cfg, tmp_path):
     cfg = compose_cfg(STEERABLE_CLASSIFIER)
     metrics = train(cfg)
