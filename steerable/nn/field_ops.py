@@ -200,12 +200,8 @@ class FieldBatchNorm(nn.Module):
         affine map (instead of applying it) lets a following linear layer absorb it for free.
         """
         if x is not None and self.uses_batch_statistics(x.shape[batch_dim]):
-            return self.affine_from_moments(*self.moments(x, batch_dim), x.shape[batch_dim])
+            return self.affine_from_moments(*moments(x, batch_dim), x.shape[batch_dim])
         return self._affine(self.running_mean, self.running_var)
-
-    def moments(self, x: torch.Tensor, batch_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel sums ``Σ x`` and ``Σ x²`` over the batch, ``(C,)`` each (addable across chunks)."""
-        return moments(x, batch_dim)
 
     def uses_batch_statistics(self, batch_size: int) -> bool:
         """Whether :meth:`affine` normalises with the batch's statistics (training mode, batch > 1)."""
@@ -277,7 +273,8 @@ class _ScaleFields(torch.autograd.Function):
 
 
 def moments(x: torch.Tensor, batch_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Σ x, Σ x²)`` over ``batch_dim`` of a 2-D ``x`` (backward: one fused pass)."""
+    """Per-channel ``(Σ x, Σ x²)`` over ``batch_dim`` of a 2-D ``x`` (addable across chunks of a batch;
+    backward: one fused pass)."""
     return _Moments.apply(x, batch_dim)
 
 
