@@ -64,10 +64,8 @@ class EquivariantLinear(nn.Module):
     def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.sparse_expansion:
             return self.linear.expand_parameters()
-        theta = self.linear.weights
-        size = self.out_type.size * self.in_type.size
-        contributions = self.expansion_values * theta[self.expansion_cols]
-        weight = theta.new_zeros(size).index_add(0, self.expansion_rows, contributions)
+        table = (self.expansion_rows, self.expansion_cols, self.expansion_values)
+        weight = apply_expansion_table(self.linear.weights, table, self.out_type.size * self.in_type.size)
         bias = None if self.linear.bias is None else self.linear.bias_expansion @ self.linear.bias
         return weight.view(self.out_type.size, self.in_type.size), bias
 
@@ -130,21 +128,28 @@ def expansion_table(linear: enn.Linear) -> tuple[torch.Tensor, torch.Tensor, tor
     return rows[keep], cols[keep], values[keep]
 
 
+def apply_expansion_table(
+    theta: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor, torch.Tensor], size: int
+) -> torch.Tensor:
+    """``vec(W) = M θ`` from the COO table of :func:`expansion_table`: ``θ (n,) → (size,)``."""
+    rows, cols, values = table
+    return theta.new_zeros(size).index_add(0, rows, values * theta[cols])
+
+
 def _checked_expansion_table(linear: enn.Linear):
     """:func:`expansion_table` if it reproduces escnn's own expansion of the current weights, else None."""
     try:
-        rows, cols, values = expansion_table(linear)
+        table = expansion_table(linear)
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
         log.warning("escnn basis layout not recognised (%s); using escnn's expansion", err)
         return None
     if linear.basisexpansion.dimension() == 0:  # no equivariant map (escnn's own expansion fails here)
-        return rows, cols, values
+        return table
     with torch.no_grad():
         expected = linear.expand_parameters()[0].reshape(-1)
-        theta = linear.weights
-        got = theta.new_zeros(expected.numel()).index_add(0, rows, values * theta[cols])
+        got = apply_expansion_table(linear.weights, table, expected.numel())
         tolerance = 1e-5 * float(expected.abs().max().clamp(min=1e-12))
     if not torch.allclose(got, expected, rtol=0.0, atol=tolerance):
         log.warning("sparse basis expansion differs from escnn's; using escnn's expansion")
         return None
-    return rows, cols, values
+    return table
