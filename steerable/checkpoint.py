@@ -59,6 +59,15 @@ def build_model_and_task(cfg: DictConfig) -> pl.LightningModule:
     return build(cfg.task, "task", model=build(cfg.model, "model"))
 
 
+def connect_loader_transform(datamodule: pl.LightningDataModule, task: pl.LightningModule) -> None:
+    """Hand the model's per-item transform (``model.loader_transform``, e.g. the ModelNet point
+    hierarchy) to the data module, whose loader workers then apply it; a no-op when either side
+    has none (the model then does that work itself)."""
+    transform = getattr(getattr(task, "model", None), "loader_transform", None)
+    if transform is not None and hasattr(datamodule, "set_item_transform"):
+        datamodule.set_item_transform(transform)
+
+
 def load_checkpoint(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
                     ) -> tuple[pl.LightningModule, DictConfig]:
     """Rebuild the task (with its model) from a checkpoint and load the weights.

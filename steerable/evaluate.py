@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from steerable.checkpoint import build, load_checkpoint
+from steerable.checkpoint import build, connect_loader_transform, load_checkpoint
 from steerable.config_checks import ConfigError
 from steerable.train import CONF_DIR, exit_with_error, run_cli, write_json
 
@@ -24,6 +24,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     task, run_cfg = load_checkpoint(cfg.ckpt_path)
     dataset_cfg = OmegaConf.merge(run_cfg.dataset, cfg.dataset)
     datamodule = build(dataset_cfg, "dataset")
+    connect_loader_transform(datamodule, task)
     trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                          enable_model_summary=False)
     metrics = {k: float(v) for k, v in trainer.test(task, datamodule=datamodule)[0].items()}

@@ -25,7 +25,13 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-from steerable.checkpoint import CONFIG_KEY, StoreConfig, build, build_model_and_task
+from steerable.checkpoint import (
+    CONFIG_KEY,
+    StoreConfig,
+    build,
+    build_model_and_task,
+    connect_loader_transform,
+)
 from steerable.config_checks import ConfigError, check_config, check_override_choices, redact_secrets
 from steerable.io_utils import AtomicCheckpointIO
 
@@ -145,6 +151,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     configure_wandb(cfg)
     datamodule = build(cfg.dataset, "dataset")
     task = build_model_and_task(cfg)
+    connect_loader_transform(datamodule, task)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, with_logger=bool(loggers))
     callbacks.append(StoreConfig(redact_secrets(resolved)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -59,6 +59,8 @@ class ModelNet40(Dataset):
         rotation: ``none``, ``z``, ``so3`` or ``o3`` (default ``none``).
         train: random subsampling/rotation per access if True, else fixed per item (default False).
         seed: seed of the fixed evaluation subsets/rotations (default 0).
+        transform: applied to every item last, e.g. the model's point hierarchy
+            (:class:`steerable.models.point_hierarchy.PointHierarchy`) (default None).
 
     Shapes (one item):
         ``pos: (num_points, 3)`` unit-sphere normalised, ``normal: (num_points, 3)`` unit vectors
@@ -67,7 +69,7 @@ class ModelNet40(Dataset):
 
     def __init__(self, clouds: CloudSet, indices: np.ndarray | torch.Tensor | None = None,
                  num_points: int = 1024, use_normals: bool = False, rotation: Rotation = "none",
-                 train: bool = False, seed: int = 0):
+                 train: bool = False, seed: int = 0, transform: Callable[[Data], Data] | None = None):
         if rotation not in ROTATION_KINDS:
             raise ValueError(f"unknown rotation {rotation!r}; valid: {', '.join(ROTATION_KINDS)}")
         stored = clouds.points.shape[1]
@@ -77,6 +79,7 @@ class ModelNet40(Dataset):
             raise ValueError("use_normals=True but this data has no normals")
         self.clouds, self.num_points, self.use_normals = clouds, num_points, use_normals
         self.rotation, self.train, self.seed = rotation, train, seed
+        self.transform = transform
         rows = torch.arange(len(clouds)) if indices is None else torch.as_tensor(indices).long()
         self.indices = rows
 
@@ -100,7 +103,7 @@ class ModelNet40(Dataset):
         data = Data(pos=pos, y=self.clouds.labels[row].view(1))
         if normal is not None:
             data.normal = normal.float()
-        return data
+        return data if self.transform is None else self.transform(data)
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +146,9 @@ class ModelNet40DataModule(SplitDataModule):
         processes: worker processes for OFF surface sampling when a cache is built (default 1).
         pin_memory: passed to the DataLoaders (default False).
 
+    A model's per-item transform (its point hierarchy) is handed over with :meth:`set_item_transform`
+    (done by ``steerable.train``/``steerable.evaluate``), so the loader workers build it.
+
     Attributes:
         num_classes (40), class_names: available before ``setup()``; ``class_names`` is replaced
         by the data's own list (e.g. ``shape_names.txt``) in ``setup()``.
@@ -178,6 +184,13 @@ class ModelNet40DataModule(SplitDataModule):
         self.datasets: dict[str, ModelNet40] = {}
         self.format: str | None = None
         self.directory: Path | None = None
+        self.item_transform: Callable[[Data], Data] | None = None
+
+    def set_item_transform(self, transform: Callable[[Data], Data] | None) -> None:
+        """Apply ``transform`` to every item of every split (last, after subsampling and rotation)."""
+        self.item_transform = transform
+        for dataset in self.datasets.values():
+            dataset.transform = transform
 
     def _load(self, split: str) -> CloudSet:
         return load_split(self.root, split, self.format_arg, self.use_normals, self.points_per_shape,
@@ -209,7 +222,8 @@ class ModelNet40DataModule(SplitDataModule):
             val_set = train
         else:
             train_rows, val_rows, val_set = np.arange(len(train)), np.arange(len(test)), test
-        common = dict(num_points=self.num_points, use_normals=self.use_normals, seed=self.sample_seed)
+        common = dict(num_points=self.num_points, use_normals=self.use_normals, seed=self.sample_seed,
+                      transform=self.item_transform)
         self.datasets = {
             "train": ModelNet40(train, self._limited(train_rows, 0), rotation=self.train_rotation,
                                 train=True, **common),
@@ -223,7 +237,8 @@ class ModelNet40DataModule(SplitDataModule):
         """One line: split sizes, points, normals and rotation protocols."""
         sizes = {k: len(v) for k, v in self.datasets.items()}
         return (f"format={self.format} dir={self.directory} splits={sizes} num_points={self.num_points} "
-                f"normals={self.use_normals} rotation={self.train_rotation}/{self.test_rotation}")
+                f"normals={self.use_normals} rotation={self.train_rotation}/{self.test_rotation} "
+                f"item_transform={self.item_transform!r}")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         batch_size = self.batch_size if split == "train" else self.eval_batch_size

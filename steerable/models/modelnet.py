@@ -4,6 +4,10 @@ Points start with a trivial feature (or their normals, a vector field). Each sta
 current level (farthest point sampling or random), connects every kept point to its ``k`` nearest
 points of the denser level, and applies a steerable block from the dense level to the kept points.
 An invariant map, global mean+max pooling and an MLP head give the class logits (invariant).
+
+The subsample-and-connect hierarchy (:mod:`steerable.models.point_hierarchy`) is invariant under
+isometries, so it is built in the data-loader workers when the batch carries it
+(``model.loader_transform``) and by the model otherwise.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from torch_geometric.utils import scatter
 
 from steerable.groups import build_group
 from steerable.models.blocks import InvariantMap, SteerableBlock, check_batch, mlp
+from steerable.models.point_hierarchy import PointHierarchy
 from steerable.models.qm9 import natural_parity_spec
-from steerable.nn.graph import farthest_point_sampling, knn_bipartite, random_sampling
 
 DEFAULT_STAGES = (
     {"channels": 8, "ratio": 1.0, "k": 16},
@@ -40,6 +44,8 @@ class ModelNetModel(nn.Module):
         use_normals: feed normals (``batch.normal``) as a vector field.
         conv: convolution options (see :class:`steerable.nn.ImplicitPointConv`).
         head_hidden: width of the MLP head.
+        hierarchy_in_loader: offer the hierarchy as a per-item transform (``loader_transform``)
+            for the data-loader workers; batches without it get their hierarchy built here.
 
     Batch fields: ``pos (N, 3)``, ``batch (N,)``, optional ``normal (N, 3)``. Output ``(B, num_classes)``.
     """
@@ -55,6 +61,7 @@ class ModelNetModel(nn.Module):
         use_normals: bool = False,
         conv: dict[str, Any] | None = None,
         head_hidden: int = 128,
+        hierarchy_in_loader: bool = True,
     ):
         super().__init__()
         if sampling not in ("fps", "random"):
@@ -62,11 +69,12 @@ class ModelNetModel(nn.Module):
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
         self.sampling, self.use_normals = sampling, use_normals
+        self.hierarchy = PointHierarchy(stages, sampling)
+        self.loader_transform = self.hierarchy if hierarchy_in_loader else None
         self.vector_inputs = ("normal",) if use_normals else ()
         in_type = g.gspace.type(g.std_rep, g.gspace.trivial_repr) if use_normals else g.field_type("1x0e")
-        self.stages = [dict(s) for s in stages]
         self.blocks = nn.ModuleList()
-        for stage in self.stages:
+        for stage in stages:
             out_type = g.field_type(natural_parity_spec(int(stage["channels"]), band_limit, g.dim))
             self.blocks.append(SteerableBlock(kernel, g, in_type, out_type, conv, residual=False))
             in_type = out_type
@@ -74,15 +82,11 @@ class ModelNetModel(nn.Module):
         self.head = mlp([2 * self.invariant.out_size, head_hidden, num_classes])
         self.output_type = g.gspace.type(*[g.gspace.trivial_repr] * num_classes)
 
-    def _subsample(self, pos: torch.Tensor, index: torch.Tensor, ratio: float) -> torch.Tensor:
-        if ratio >= 1.0:
-            return torch.arange(pos.shape[0], device=pos.device)
-        if self.sampling == "fps":
-            return farthest_point_sampling(pos, index, ratio=ratio)
-        return random_sampling(pos, index, ratio=ratio)
-
     def forward(self, batch) -> torch.Tensor:
-        """``batch → (B, num_classes)`` logits, invariant under the group."""
+        """``batch → (B, num_classes)`` logits, invariant under the group.
+
+        Uses the hierarchy the batch carries (built by ``loader_transform``) if any, else builds it.
+        """
         check_batch(batch)
         pos = batch.pos
         index = getattr(batch, "batch", None)
@@ -90,11 +94,10 @@ class ModelNetModel(nn.Module):
             index = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
         ones = pos.new_ones(pos.shape[0], 1)
         h = torch.cat([batch.normal, ones], dim=-1) if self.use_normals else ones
-        for stage, block in zip(self.stages, self.blocks):
-            keep = self._subsample(pos, index, float(stage["ratio"]))
-            pos_dst, index_dst = pos[keep], index[keep]
-            edge_index = knn_bipartite(pos, pos_dst, int(stage["k"]), index, index_dst)
-            h = block(h, (pos, pos_dst), edge_index)
+        levels = self.hierarchy.from_batch(batch) or self.hierarchy.build(pos, index)
+        for level, block in zip(levels, self.blocks):
+            pos_dst, index_dst = pos[level.keep], index[level.keep]
+            h = block(h, (pos, pos_dst), level.edge_index)
             pos, index = pos_dst, index_dst
         invariants = self.invariant(h)
         pooled = torch.cat(
