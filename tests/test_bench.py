@@ -82,8 +82,10 @@ def test_quick_bench_in_subprocesses_with_analytic_and_models(tmp_path):
     variants = ["reference", "nodewise", "compiled", "chunked", "analytic"]
     assert [r["variant"] for r in data["rows"] if "error" not in r] == variants
     assert all(r["memory_method"].startswith("VmHWM-reset") for r in data["rows"])
-    assert {m["model"] for m in data["models"]} == {"qm9", "modelnet"}
+    assert {m["model"] for m in data["models"]} == {"qm9", "modelnet", "modelnet_graphs_in_step"}
     assert all(m["compiled_train_speedup"] > 0 for m in data["models"])
+    loader = {m["model"]: m["nodewise"]["loader_transform_s"] for m in data["models"]}
+    assert loader["modelnet"] > 0 and loader["modelnet_graphs_in_step"] == loader["qm9"] == 0
     assert next(r for r in data["rows"] if r["variant"] == "compiled")["first_step_s"] > 0
 
 

@@ -122,7 +122,7 @@ def run_models(args: argparse.Namespace) -> list[dict]:
         status = result.get("error", "")[-200:] or (
             f"train {result['train_graphs_per_s']:.2f} graphs/s, infer {result['infer_graphs_per_s']:.2f} "
             f"graphs/s, peak {result['train_peak_mb']:.0f} MB")
-        print(f"  model {job['model']:<9s} {job['path']:<10s} {status}", flush=True)
+        print(f"  model {job['model']:<24s} {job['path']:<10s} {status}", flush=True)
         results.append(result)
     return results, summarise_models(results)
 

@@ -4,6 +4,11 @@ The QM9 and ModelNet models are built with their constructor defaults (group SO(
 :class:`~steerable.nn.ImplicitPointConv` inside is switched to the path under test. A training
 step is forward + MSE-to-zero loss + backward + Adam step; inference is a ``no_grad`` forward in
 eval mode. Each (model, path) runs in its own worker process, like the conv benchmark.
+
+``modelnet`` is timed as it trains: the batch carries the point hierarchy (subsampling + kNN
+graphs), which the data-loader workers build per item (``model.loader_transform``); their cost per
+batch is reported as ``loader_transform_s`` (done in parallel with the step when workers run).
+``modelnet_graphs_in_step`` builds the hierarchy inside every step instead.
 """
 
 from __future__ import annotations
@@ -17,17 +22,20 @@ from steerable.bench.report import memory_mb_model
 from steerable.bench.shapes import build_inputs, shape
 
 MODELS = {"qm9": ("steerable.models.qm9", "QM9Model"),
-          "modelnet": ("steerable.models.modelnet", "ModelNetModel")}
+          "modelnet": ("steerable.models.modelnet", "ModelNetModel"),
+          "modelnet_graphs_in_step": ("steerable.models.modelnet", "ModelNetModel")}
+LOADER_TRANSFORM = {"modelnet"}  # batches carry what the model's loader_transform builds per item
 PATHS = ("reference", "nodewise", "compiled")  # compiled: node-wise with compile_mlp
 
 
 def model_shapes(quick: bool) -> dict[str, dict]:
-    """QM9: 32 molecules × 18 atoms, bond graph; ModelNet: 8 clouds × 1,024 points (model builds graphs)."""
+    """QM9: 32 molecules × 18 atoms, bond graph; ModelNet: 8 clouds × 1,024 points (graphs from the model)."""
     if quick:
-        return {"qm9": shape("qm9_model", "qm9", 2, 18, "radius", 1.6, "5x0e"),
-                "modelnet": shape("modelnet_model", "modelnet", 1, 128, "knn", 4, "1x0e")}
-    return {"qm9": shape("qm9_model", "qm9", 32, 18, "radius", 1.6, "5x0e"),
-            "modelnet": shape("modelnet_model", "modelnet", 8, 1024, "knn", 4, "1x0e")}
+        qm9, clouds = shape("qm9_model", "qm9", 2, 18, "radius", 1.6, "5x0e"), (1, 128)
+    else:
+        qm9, clouds = shape("qm9_model", "qm9", 32, 18, "radius", 1.6, "5x0e"), (8, 1024)
+    modelnet = shape("modelnet_model", "modelnet", *clouds, "knn", 4, "1x0e")
+    return {"qm9": qm9, "modelnet": modelnet, "modelnet_graphs_in_step": modelnet}
 
 
 def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float, device: str = "cpu") -> list[dict]:
@@ -46,7 +54,8 @@ def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float, device:
     return jobs
 
 
-def _batch(name: str, spec: dict):
+def _batch(name: str, spec: dict, transform=None):
+    """The synthetic batch of ``spec``; ``transform`` (per item) is applied to every cloud first."""
     from torch_geometric.data import Batch
     inputs = build_inputs(spec, 1)
     gen = torch.Generator().manual_seed(1)
@@ -57,7 +66,16 @@ def _batch(name: str, spec: dict):
         edge_attr = F.one_hot(torch.randint(0, 4, (e,), generator=gen), 4).float()
         return Batch(x=x, pos=inputs["pos"], edge_index=inputs["edge_index"], edge_attr=edge_attr,
                      batch=inputs["batch"])
-    return Batch(pos=inputs["pos"], batch=inputs["batch"])
+    if transform is None:
+        return Batch(pos=inputs["pos"], batch=inputs["batch"])
+    return collate_clouds(inputs["pos"], inputs["batch"], transform)
+
+
+def collate_clouds(pos: torch.Tensor, index: torch.Tensor, transform):
+    """What the data loader does per batch: ``transform`` each cloud of ``pos (N, 3)``, then collate."""
+    from torch_geometric.data import Batch, Data
+    clouds = pos.split(torch.bincount(index).tolist())
+    return Batch.from_data_list([transform(Data(pos=cloud)) for cloud in clouds])
 
 
 def run_model_job(job: dict) -> dict:
@@ -75,7 +93,11 @@ def run_model_job(job: dict) -> dict:
     for conv in convs:
         conv.path = "nodewise" if compiled else job["path"]
     spec = job["shape"]
-    batch = _batch(job["model"], spec).to(device)
+    transform = model.loader_transform if job["model"] in LOADER_TRANSFORM else None
+    batch = _batch(job["model"], spec, transform).to(device)
+    loader_s = 0.0
+    if transform is not None:  # the loader workers' share, off the training step
+        loader_s = median_time(lambda: collate_clouds(batch.pos.cpu(), batch.batch.cpu(), transform), 3)[0]
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def train_step():
@@ -100,7 +122,7 @@ def run_model_job(job: dict) -> dict:
     graphs = int(spec["graphs"])
     return dict(model=job["model"], path=job["path"], graphs=graphs, points_per_graph=int(spec["points"]),
                 implicit_convs=len(convs), first_train_step_s=first_s, train_step_s=train_s,
-                infer_step_s=infer_s,
+                infer_step_s=infer_s, loader_transform_s=loader_s,
                 train_graphs_per_s=graphs / train_s, infer_graphs_per_s=graphs / infer_s,
                 train_tensor_peak_mb=tensor_mb, train_peak_mb=memory_mb, memory_method=method,
                 threads=torch.get_num_threads(),
