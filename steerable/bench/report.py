@@ -219,10 +219,9 @@ def format_models(models: list[dict]) -> str:
     *loader s/batch*: the per-item work the data-loader workers do for a batch (the ModelNet point
     hierarchy), outside the timed step; ``—`` where the model does it all in the step.
     """
-    head = ("| model | batch | loader s/batch | reference train/s | nodewise train/s | train × | compiled train/s | "
-            "train × | "
-            "reference infer/s | nodewise infer/s | infer × | compiled infer/s | infer × | ref MB | "
-            "nodewise MB | mem ratio |")
+    head = ("| model | batch | loader s/batch | reference train/s | nodewise train/s | train × | "
+            "compiled train/s | train × | reference infer/s | nodewise infer/s | infer × | "
+            "compiled infer/s | infer × | ref MB | nodewise MB | mem ratio |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for m in models:
         if "skip" in m:
@@ -231,7 +230,8 @@ def format_models(models: list[dict]) -> str:
         ref, nw, co = m["reference"], m["nodewise"], m.get("compiled") or {}
         rows.append("| " + " | ".join([
             m["model"], f"{ref['graphs']}×{ref['points_per_graph']}",
-            _fmt(nw.get("loader_transform_s") or None, ".3f"), f"{ref['train_graphs_per_s']:.2f}", f"{nw['train_graphs_per_s']:.2f}",
+            _fmt(nw.get("loader_transform_s") or None, ".3f"), f"{ref['train_graphs_per_s']:.2f}",
+            f"{nw['train_graphs_per_s']:.2f}",
             f"{m['train_speedup']:.2f}×", _fmt(co.get("train_graphs_per_s"), ".2f"),
             _fmt(m.get("compiled_train_speedup"), ".2f") + "×", f"{ref['infer_graphs_per_s']:.2f}",
             f"{nw['infer_graphs_per_s']:.2f}", f"{m['infer_speedup']:.2f}×",

@@ -31,7 +31,7 @@ from torch import nn
 from steerable.groups import GroupSpec
 from steerable.kernels.edge_mlp import EdgeMLPOps, radial_window
 from steerable.kernels.linear import EquivariantLinear
-from steerable.nn.field_ops import FieldBatchNorm, FieldLayout, build_nonlinearity
+from steerable.nn.field_ops import FieldBatchNorm, FieldLayout, build_nonlinearity, norm_affine
 
 Affine = tuple[torch.Tensor, torch.Tensor]  # per-channel (scale, shift) of a pending batch norm
 LinearWeights = tuple[torch.Tensor, torch.Tensor | None]  # expanded (W, b) of an equivariant linear layer
@@ -186,10 +186,12 @@ class ImplicitKernel(nn.Module):
         return self.ops.edge_inputs(rel_pos, attr if self.attr_size else None, square, self.rbf_centers,
                                     self.rbf_width)
 
-    def _windowed_inputs(self, rel_pos, attr) -> tuple[torch.Tensor, torch.Tensor]:
-        """φ's input channels first ``(F, E)`` and the radial window ``(E,)``."""
+    def _windowed_inputs(self, rel_pos, attr, with_window: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """φ's input channels first ``(F, E)`` and the radial window ``(E,)`` (or None)."""
         feats, r = self.edge_features(rel_pos, attr)
-        return feats.T, self.ops.radial_window(r, self.window.log_width, self.window.cutoff)
+        window = self.ops.radial_window(r, self.window.log_width, self.window.cutoff) if with_window else None
+        return feats.T, window
 
     def _square_matrix(self, like: torch.Tensor) -> torch.Tensor:
         """``(k, d²)`` map vec(u⊗u) → symmetric-square irrep coefficients, in ``like``'s dtype/device.
@@ -230,10 +232,7 @@ class ImplicitKernel(nn.Module):
                 activation, *fold_affine(linear.weight_and_bias(), affine), gate.kind, gate.layout.runs,
                 gate.norm_bias, statistics, window if depth == len(layers) else None,
             )
-            if statistics:
-                affine = norm.affine_from_moments(*stats, edges)
-            else:
-                affine = None if norm is None else norm.affine()
+            affine = norm_affine(norm, edges, stats)
         return activation, window, affine
 
     def hidden_given(
@@ -249,12 +248,13 @@ class ImplicitKernel(nn.Module):
         ``weights`` are the per-layer ``(W, b)`` with every preceding batch norm already folded in
         (statistics gathered beforehand, e.g. over all edges by :mod:`steerable.nn.chunked`), so no batch
         norm is evaluated here and any subset of the edges gives the same rows as the full set.
-        Returns the activation (times the radial window if ``windowed``), the window and, if
-        ``with_moments``, the activation's batch-norm moments ``(Σ a, Σ a²)`` over these edges.
+        Returns the activation (times the radial window if ``windowed``), the window (if ``windowed``,
+        else None) and, if ``with_moments``, the activation's batch-norm moments ``(Σ a, Σ a²)`` over
+        these edges.
 
         Shapes: ``rel_pos: (E, d) → (H, E)`` (channels first, as :meth:`hidden`), ``(E,)``, ``((H,), (H,))``.
         """
-        activation, window = self._windowed_inputs(rel_pos, attr)
+        activation, window = self._windowed_inputs(rel_pos, attr, with_window=windowed)
         last = len(weights)
         stats = None
         for depth, ((_, gate, _), (weight, bias)) in enumerate(zip(self.layers(), weights), start=1):

@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from steerable.kernels.implicit import ImplicitKernel, LinearWeights, fold_affine
 from steerable.nn.contraction import contract_messages, segment_layout
+from steerable.nn.field_ops import norm_affine
 
 
 def node_chunks(deg: torch.Tensor, max_edges: int) -> list[tuple[int, int, int, int]]:
@@ -75,14 +76,13 @@ def chunked_messages(
     affine = None
     for linear, _, norm in kernel.layers():
         weights.append(fold_affine(linear.weight_and_bias(), affine))
+        moments = None
         if norm is not None and norm.uses_batch_statistics(rel_pos.shape[0]):
-            moments = [
+            moments = _total([
                 checkpoint(_chunk_moments, kernel, *inputs(e0, e1), list(weights), use_reentrant=False)
                 for _, _, e0, e1 in chunks
-            ]
-            affine = norm.affine_from_moments(*_total(moments), rel_pos.shape[0])
-        else:
-            affine = None if norm is None else norm.affine()
+            ])
+        affine = norm_affine(norm, rel_pos.shape[0], moments)
     w_tilde, bias = kernel.weight_and_bias(affine)
     w_flat = w_tilde.reshape(w_tilde.shape[0], -1)
     outs = [

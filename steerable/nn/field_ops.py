@@ -229,6 +229,20 @@ class FieldBatchNorm(nn.Module):
         return scale, bias - mean * scale
 
 
+def norm_affine(norm: FieldBatchNorm | None, count: int,
+                batch_moments: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The pending affine map of an optional batch norm over ``count`` rows (None without a norm).
+
+    From ``batch_moments = (Σ x, Σ x²)`` when given (gathered where
+    :meth:`FieldBatchNorm.uses_batch_statistics` said so; updates the running statistics), else from
+    the running statistics.
+    """
+    if norm is None:
+        return None
+    return norm.affine() if batch_moments is None else norm.affine_from_moments(*batch_moments, count)
+
+
 class NormNonlinearity(_RunwiseNonlinearity):
     """Exactly equivariant norm nonlinearity: ``x_f ↦ x_f · 2·sigmoid(‖x_f‖ − b_f)`` on non-trivial fields.
 
