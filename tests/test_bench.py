@@ -86,6 +86,10 @@ def test_quick_bench_in_subprocesses_with_analytic_and_models(tmp_path):
     assert all(m["compiled_train_speedup"] > 0 for m in data["models"])
     loader = {m["model"]: m["nodewise"]["loader_transform_s"] for m in data["models"]}
     assert loader["modelnet"] > 0 and loader["modelnet_graphs_in_step"] == loader["qm9"] == 0
+    # the interleaved job ran every path in one process, one round each
+    assert all(m["paired_rounds"] == 1 and m["paired_train_speedup"] > 0 for m in data["models"])
+    pairs = [r for r in data["model_rows"] if r.get("kind") == "model_pair"]
+    assert all(set(r["step_s"]) == {"reference", "nodewise", "compiled"} for r in pairs) and len(pairs) == 3
     assert next(r for r in data["rows"] if r["variant"] == "compiled")["first_step_s"] > 0
 
 

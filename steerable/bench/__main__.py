@@ -119,9 +119,14 @@ def run_models(args: argparse.Namespace) -> list[dict]:
         result = run_worker(job, args.timeout_s, args.inprocess)
         result.setdefault("model", job["model"])
         result.setdefault("path", job["path"])
-        status = result.get("error", "")[-200:] or (
-            f"train {result['train_graphs_per_s']:.2f} graphs/s, infer {result['infer_graphs_per_s']:.2f} "
-            f"graphs/s, peak {result['train_peak_mb']:.0f} MB")
+        if "error" in result:
+            status = result["error"][-200:]
+        elif "paired_speedup" in result:
+            status = f"{result['rounds']} interleaved rounds, training ratio (median of rounds) " + ", ".join(
+                f"{path} ×{ratio:.2f}" for path, ratio in result["paired_speedup"].items())
+        else:
+            status = (f"train {result['train_graphs_per_s']:.2f} graphs/s, infer "
+                      f"{result['infer_graphs_per_s']:.2f} graphs/s, peak {result['train_peak_mb']:.0f} MB")
         print(f"  model {job['model']:<24s} {job['path']:<10s} {status}", flush=True)
         results.append(result)
     return results, summarise_models(results)

@@ -9,11 +9,18 @@ eval mode. Each (model, path) runs in its own worker process, like the conv benc
 graphs), which the data-loader workers build per item (``model.loader_transform``); their cost per
 batch is reported as ``loader_transform_s`` (done in parallel with the step when workers run).
 ``modelnet_graphs_in_step`` builds the hierarchy inside every step instead.
+
+A second, *paired* job per model runs the training steps of all paths in one process, round by
+round (reference, node-wise, compiled, reference, …): each round's ratio sees the same machine load,
+so the median of the per-round ratios is steadier on a shared machine than the ratio of two medians
+taken minutes apart in separate processes. The per-path jobs give memory and inference.
 """
 
 from __future__ import annotations
 
 import importlib
+import statistics
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -47,10 +54,10 @@ def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float, device:
         except (ImportError, AttributeError) as err:
             jobs.append(dict(model=name, skip=f"{module}.{cls} not available: {err}"))
             continue
-        for path in PATHS:
-            jobs.append(dict(kind="model", model=name, path=path, shape=model_shapes(quick)[name],
-                             threads=threads, seed=0, repeats=1 if quick else repeats, budget_s=budget_s,
-                             device=device))
+        common = dict(model=name, shape=model_shapes(quick)[name], threads=threads, seed=0,
+                      repeats=1 if quick else repeats, budget_s=budget_s, device=device)
+        jobs += [dict(kind="model", path=path, **common) for path in PATHS]
+        jobs.append(dict(kind="model_pair", path="paired", **common))
     return jobs
 
 
@@ -78,26 +85,23 @@ def collate_clouds(pos: torch.Tensor, index: torch.Tensor, transform):
     return Batch.from_data_list([transform(Data(pos=cloud)) for cloud in clouds])
 
 
-def run_model_job(job: dict) -> dict:
-    """Training and inference throughput (graphs/s) and training-step peak memory of one (model, path)."""
-    from steerable.bench.worker import median_time, peak_memory_mb, tensor_peak_mb, timed_repeats
+def _prepared(job: dict, path: str) -> SimpleNamespace:
+    """The model of ``job`` on ``path`` with its batch, ``train``/``infer`` step closures and convs.
+
+    Seeded from the job, so every path of a model starts from the same weights.
+    """
     from steerable.nn.point_conv import ImplicitPointConv
-    torch.set_num_threads(int(job["threads"]))
     torch.manual_seed(int(job["seed"]))
     module, cls = MODELS[job["model"]]
     device = torch.device(job.get("device", "cpu"))
-    compiled = job["path"] == "compiled"
+    compiled = path == "compiled"
     model_cls = getattr(importlib.import_module(module), cls)
     model = model_cls(group={"name": "so3"}, conv=dict(compile_mlp=compiled)).to(device)
     convs = [m for m in model.modules() if isinstance(m, ImplicitPointConv)]
     for conv in convs:
-        conv.path = "nodewise" if compiled else job["path"]
-    spec = job["shape"]
+        conv.path = "nodewise" if compiled else path
     transform = model.loader_transform if job["model"] in LOADER_TRANSFORM else None
-    batch = _batch(job["model"], spec, transform).to(device)
-    loader_s = 0.0
-    if transform is not None:  # the loader workers' share, off the training step
-        loader_s = median_time(lambda: collate_clouds(batch.pos.cpu(), batch.batch.cpu(), transform), 3)[0]
+    batch = _batch(job["model"], job["shape"], transform).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def train_step():
@@ -111,8 +115,24 @@ def run_model_job(job: dict) -> dict:
         with torch.no_grad():
             model(batch)
 
+    return SimpleNamespace(model=model, batch=batch, train=train_step, infer=infer_step, convs=convs,
+                           transform=transform, device=device, compiled=compiled)
+
+
+def run_model_job(job: dict) -> dict:
+    """Training and inference throughput (graphs/s) and training-step peak memory of one (model, path)."""
+    from steerable.bench.worker import median_time, peak_memory_mb, tensor_peak_mb, timed_repeats
+    torch.set_num_threads(int(job["threads"]))
+    if job.get("kind") == "model_pair":
+        return run_paired_job(job)
+    run = _prepared(job, job["path"])
+    train_step, infer_step, device, spec = run.train, run.infer, run.device, job["shape"]
+    loader_s = 0.0
+    if run.transform is not None:  # the loader workers' share, off the training step
+        loader_s = median_time(
+            lambda: collate_clouds(run.batch.pos.cpu(), run.batch.batch.cpu(), run.transform), 3)[0]
     first_s, _ = median_time(train_step, 1, device)  # compiles φ's graphs on the compiled path
-    warm_s, _ = median_time(train_step, 1, device) if compiled else (first_s, None)
+    warm_s, _ = median_time(train_step, 1, device) if run.compiled else (first_s, None)
     repeats = timed_repeats(warm_s, int(job["repeats"]), float(job["budget_s"]))
     train_s, _ = median_time(train_step, repeats, device)
     infer_step()  # warmup (compiles the graphs without autograd on the compiled path)
@@ -121,7 +141,7 @@ def run_model_job(job: dict) -> dict:
     memory_mb, method = peak_memory_mb(train_step, device)  # last: it slows malloc
     graphs = int(spec["graphs"])
     return dict(model=job["model"], path=job["path"], graphs=graphs, points_per_graph=int(spec["points"]),
-                implicit_convs=len(convs), first_train_step_s=first_s, train_step_s=train_s,
+                implicit_convs=len(run.convs), first_train_step_s=first_s, train_step_s=train_s,
                 infer_step_s=infer_s, loader_transform_s=loader_s,
                 train_graphs_per_s=graphs / train_s, infer_graphs_per_s=graphs / infer_s,
                 train_tensor_peak_mb=tensor_mb, train_peak_mb=memory_mb, memory_method=method,
@@ -129,8 +149,32 @@ def run_model_job(job: dict) -> dict:
                 device=str(device))
 
 
+def run_paired_job(job: dict) -> dict:
+    """Training steps of every path, interleaved round by round in one process (see the module doc).
+
+    Returns the per-round step times of each path and, per non-reference path, the median over
+    rounds of ``reference time / path time`` (``paired_speedup``).
+    """
+    from steerable.bench.worker import median_time, timed_repeats
+    runs = {path: _prepared(job, path) for path in PATHS}
+    for run in runs.values():  # warmup; compiles φ's graphs on the compiled path
+        run.train()
+        run.train()
+    round_s = sum(median_time(run.train, 1, run.device)[0] for run in runs.values())
+    rounds = timed_repeats(round_s, int(job["repeats"]), float(job["budget_s"]))
+    times: dict[str, list[float]] = {path: [] for path in PATHS}
+    for _ in range(rounds):
+        for path, run in runs.items():
+            times[path].append(median_time(run.train, 1, run.device)[0])
+    speedup = {path: statistics.median(r / t for r, t in zip(times["reference"], times[path]))
+               for path in PATHS if path != "reference"}
+    return dict(model=job["model"], path="paired", kind="model_pair", rounds=rounds, step_s=times,
+                paired_speedup=speedup, threads=torch.get_num_threads(), device=job.get("device", "cpu"))
+
+
 def summarise_models(results: list[dict]) -> list[dict]:
-    """Per model: node-wise / reference ratios of training and inference throughput and memory."""
+    """Per model: node-wise / reference ratios of training and inference throughput and memory, and
+    the paired (interleaved) training ratios when the paired job ran."""
     out = []
     for name in MODELS:
         rows = {r.get("path"): r for r in results if r.get("model") == name and "train_step_s" in r}
@@ -146,5 +190,10 @@ def summarise_models(results: list[dict]) -> list[dict]:
             if co:
                 line.update(compiled=co, compiled_train_speedup=ref["train_step_s"] / co["train_step_s"],
                             compiled_infer_speedup=ref["infer_step_s"] / co["infer_step_s"])
+            pair = next((r for r in results if r.get("model") == name and "paired_speedup" in r), None)
+            if pair:
+                line.update(paired_rounds=pair["rounds"],
+                            paired_train_speedup=pair["paired_speedup"]["nodewise"],
+                            paired_compiled_train_speedup=pair["paired_speedup"]["compiled"])
             out.append(line)
     return out

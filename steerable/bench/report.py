@@ -144,6 +144,10 @@ def goals(lines: list[dict], slopes: dict, models: list[dict]) -> list[dict]:
             add(f"{m['model']} training throughput ratio", m["train_speedup"], GOALS["model_speedup"])
             add(f"{m['model']} training throughput ratio (compiled φ)", m.get("compiled_train_speedup"),
                 GOALS["model_speedup"])
+            add(f"{m['model']} training ratio, paired rounds", m.get("paired_train_speedup"),
+                GOALS["model_speedup"])
+            add(f"{m['model']} training ratio, paired rounds (compiled φ)",
+                m.get("paired_compiled_train_speedup"), GOALS["model_speedup"])
     return checks
 
 
@@ -217,11 +221,12 @@ def format_models(models: list[dict]) -> str:
     """Markdown table of whole-model throughput (graphs/s), node-wise vs reference.
 
     *loader s/batch*: the per-item work the data-loader workers do for a batch (the ModelNet point
-    hierarchy), outside the timed step; ``—`` where the model does it all in the step.
+    hierarchy), outside the timed step; ``—`` where the model does it all in the step. *paired ×*:
+    median over interleaved rounds of the per-round training ratio (node-wise / compiled).
     """
     head = ("| model | batch | loader s/batch | reference train/s | nodewise train/s | train × | "
             "compiled train/s | train × | reference infer/s | nodewise infer/s | infer × | "
-            "compiled infer/s | infer × | ref MB | nodewise MB | mem ratio |")
+            "compiled infer/s | infer × | ref MB | nodewise MB | mem ratio | paired × |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for m in models:
         if "skip" in m:
@@ -237,7 +242,10 @@ def format_models(models: list[dict]) -> str:
             f"{nw['infer_graphs_per_s']:.2f}", f"{m['infer_speedup']:.2f}×",
             _fmt(co.get("infer_graphs_per_s"), ".2f"), _fmt(m.get("compiled_infer_speedup"), ".2f") + "×",
             _fmt(memory_mb_model(ref), ".0f"), _fmt(memory_mb_model(nw), ".0f"),
-            f"{m['memory_ratio']:.1f}×"]) + " |")
+            f"{m['memory_ratio']:.1f}×",
+            f"{_fmt(m.get('paired_train_speedup'), '.2f')}× / "
+            f"{_fmt(m.get('paired_compiled_train_speedup'), '.2f')}×",
+        ]) + " |")
     return "\n".join(rows)
 
 
