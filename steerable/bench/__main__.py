@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"training throughput ×{m['train_speedup']:.2f}, inference ×{m['infer_speedup']:.2f}, "
               f"memory ÷{m['memory_ratio']:.2f} (nodewise vs reference)"
               + (f"; compiled φ: training ×{m['compiled_train_speedup']:.2f}, inference "
-                 f"×{m['compiled_infer_speedup']:.2f}" if "compiled" in m else "")))
+                 f"×{m['compiled_infer_speedup']:.2f}" if "compiled" in m else "")
+              + (f"; paired rounds: training ×{m['paired_train_speedup']:.2f} (compiled "
+                 f"×{m['paired_compiled_train_speedup']:.2f})" if "paired_train_speedup" in m else "")))
     for g in report["goals"]:
         print(f"  goal {g['goal']}: {g['value']:.2f} vs {g['target']} -> {'met' if g['met'] else 'NOT met'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
