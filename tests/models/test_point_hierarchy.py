@@ -16,8 +16,10 @@ from torch_geometric.data import Batch, Data
 
 from steerable.checkpoint import build, build_model_and_task, connect_loader_transform
 from steerable.equivariance import model_error
+from steerable.models import point_hierarchy
 from steerable.models.modelnet import ModelNetModel
 from steerable.models.point_hierarchy import HierarchicalCloud, PointHierarchy
+from steerable.tasks.classification import ClassificationTask
 from tests.helpers.runs import compose_run
 
 STAGES = [{"channels": 4, "ratio": 1.0, "k": 8}, {"channels": 4, "ratio": 0.25, "k": 8},
@@ -56,6 +58,29 @@ def test_collated_items_equal_the_batched_construction_and_give_identical_logits
     # the items survive a round trip through the batch (to_data_list undoes the offsets)
     again = loaded.to_data_list()[1]
     assert torch.equal(again.hierarchy_edge_index_2, model.loader_transform(items[1]).hierarchy_edge_index_2)
+
+
+def test_test_time_augmentation_reuses_the_carried_hierarchy(monkeypatch):
+    """With the hierarchy in the batch, no rotated TTA copy builds graphs; without it, every copy does."""
+    calls, real_knn = [], point_hierarchy.knn_bipartite
+
+    def counting_knn(*args, **kwargs):
+        calls.append(1)
+        return real_knn(*args, **kwargs)
+
+    monkeypatch.setattr(point_hierarchy, "knn_bipartite", counting_knn)
+    torch.manual_seed(0)
+    model = ModelNetModel(group={"name": "so3"}, stages=STAGES, conv=SMALL_CONV).eval()
+    task = ClassificationTask(model, optimizer=torch.optim.SGD, tta_samples=3, tta_rotation="so3")
+    items = _clouds()
+    loaded = Batch.from_data_list([model.loader_transform(d) for d in items])
+    calls.clear()
+    with torch.no_grad():
+        probs = task._probabilities(loaded)
+    assert calls == [] and probs.shape == (len(SIZES), 40)
+    with torch.no_grad():
+        task._probabilities(Batch.from_data_list(items))
+    assert len(calls) == 3 * len(STAGES)
 
 
 def test_random_sampling_levels_are_well_formed():
