@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from steerable.bench.report import memory_mb_model
+from steerable.bench.report import memory_mb
 from steerable.bench.shapes import build_inputs, shape
 
 MODELS = {"qm9": ("steerable.models.qm9", "QM9Model"),
@@ -185,7 +185,7 @@ def summarise_models(results: list[dict]) -> list[dict]:
             ref, nw, co = rows["reference"], rows["nodewise"], rows.get("compiled")
             line = dict(model=name, train_speedup=ref["train_step_s"] / nw["train_step_s"],
                         infer_speedup=ref["infer_step_s"] / nw["infer_step_s"],
-                        memory_ratio=memory_mb_model(ref) / max(memory_mb_model(nw), 1.0),
+                        memory_ratio=memory_mb(ref, "train_") / max(memory_mb(nw, "train_"), 1.0),
                         reference=ref, nodewise=nw)
             if co:
                 line.update(compiled=co, compiled_train_speedup=ref["train_step_s"] / co["train_step_s"],

@@ -39,11 +39,14 @@ def by_shape(rows: list[dict]) -> dict[str, dict[str, dict]]:
     return table
 
 
-def memory_mb(row: dict | None) -> float | None:
-    """A row's peak memory: the tensor peak from the profiler when measured, else the RSS peak."""
+def memory_mb(row: dict | None, prefix: str = "") -> float | None:
+    """A row's peak memory: the tensor peak from the profiler when measured, else the RSS peak.
+
+    ``prefix="train_"`` reads a whole-model row's training-step peak.
+    """
     if not row:
         return None
-    return row.get("tensor_peak_mb", row.get("peak_mb"))
+    return row.get(f"{prefix}tensor_peak_mb", row.get(f"{prefix}peak_mb"))
 
 
 def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
@@ -212,11 +215,6 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def memory_mb_model(row: dict) -> float | None:
-    """A whole-model row's training peak: tensor peak where measured, else RSS."""
-    return row.get("train_tensor_peak_mb", row.get("train_peak_mb"))
-
-
 def format_models(models: list[dict]) -> str:
     """Markdown table of whole-model throughput (graphs/s), node-wise vs reference.
 
@@ -241,7 +239,7 @@ def format_models(models: list[dict]) -> str:
             _fmt(m.get("compiled_train_speedup"), ".2f") + "×", f"{ref['infer_graphs_per_s']:.2f}",
             f"{nw['infer_graphs_per_s']:.2f}", f"{m['infer_speedup']:.2f}×",
             _fmt(co.get("infer_graphs_per_s"), ".2f"), _fmt(m.get("compiled_infer_speedup"), ".2f") + "×",
-            _fmt(memory_mb_model(ref), ".0f"), _fmt(memory_mb_model(nw), ".0f"),
+            _fmt(memory_mb(ref, "train_"), ".0f"), _fmt(memory_mb(nw, "train_"), ".0f"),
             f"{m['memory_ratio']:.1f}×",
             f"{_fmt(m.get('paired_train_speedup'), '.2f')}× / "
             f"{_fmt(m.get('paired_compiled_train_speedup'), '.2f')}×",

@@ -64,12 +64,10 @@ class ModelNetModel(nn.Module):
         hierarchy_in_loader: bool = True,
     ):
         super().__init__()
-        if sampling not in ("fps", "random"):
-            raise ValueError(f"unknown model.sampling {sampling!r}; valid: fps, random")
+        self.hierarchy = PointHierarchy(stages, sampling)  # validates stages and sampling
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
-        self.sampling, self.use_normals = sampling, use_normals
-        self.hierarchy = PointHierarchy(stages, sampling)
+        self.use_normals = use_normals
         self.loader_transform = self.hierarchy if hierarchy_in_loader else None
         self.vector_inputs = ("normal",) if use_normals else ()
         in_type = g.gspace.type(g.std_rep, g.gspace.trivial_repr) if use_normals else g.field_type("1x0e")
