@@ -24,7 +24,11 @@ class EquivariantLinear(nn.Module):
     escnn's own expansion; W is then one gather–multiply–``index_add`` (measured 13× faster than
     escnn's per-block loop for the 27 layers of the QM9 model, forward + backward: 6 vs 79 ms per
     step on 2 CPU threads). Should the check fail (another escnn version), escnn's expansion is used.
-    In eval mode the expanded matrices are cached until the module is put back in training mode.
+    When no gradient is needed (``torch.no_grad``, inference mode, or frozen parameters) the expanded
+    matrices are cached, keyed by the storage and in-place version counter of θ and the bias, so
+    ``load_state_dict``, an optimiser step, or a ``.to()``/``.double()`` cast all invalidate it. A call
+    that needs gradients always expands afresh (in eval mode too: fine-tuning with frozen batch norms
+    trains these weights).
 
     Args:
         in_type: FieldType over a ``no_base_space`` gspace of G.
@@ -42,7 +46,7 @@ class EquivariantLinear(nn.Module):
         # recompute=True: escnn otherwise shares sampled bases between layers, so casting one model
         # (e.g. to float64) would silently change the dtype of every other model's layers.
         self.linear = enn.Linear(in_type, out_type, bias=bias, recompute=True)
-        self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._cache: tuple[tuple, list[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
         table = _checked_expansion_table(self.linear)
         self.sparse_expansion = table is not None
         if table is not None:
@@ -53,13 +57,17 @@ class EquivariantLinear(nn.Module):
 
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Expanded ``W: (out.size, in.size)`` and ``b: (out.size,)`` or ``None``."""
-        if self.training:
-            self._cache = None
+        sources = [t for t in (self.linear.weights, self.linear.bias) if t is not None]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+            self._cache = None  # parameters are being trained: a cached copy would soon be stale
             return self._expand()
-        if self._cache is None:
+        state = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+        if self._cache is None or self._cache[0] != state:
             with torch.no_grad():
-                self._cache = self._expand()
-        return self._cache
+                # The detached views keep the old storages alive, so no new tensor can reuse their
+                # addresses while the cache refers to them.
+                self._cache = (state, [t.detach() for t in sources], self._expand())
+        return self._cache[2]
 
     def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.sparse_expansion:
@@ -73,7 +81,6 @@ class EquivariantLinear(nn.Module):
         # Deliberately not recursing: escnn's Linear registers extra buffers in eval mode, which would
         # make checkpoints saved in one mode unloadable in the other.
         self.training = mode
-        self._cache = None
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

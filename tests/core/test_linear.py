@@ -81,3 +81,42 @@ def test_wrong_table_falls_back_to_escnn(monkeypatch, caplog):
     assert not layer.sparse_expansion
     assert "differs from escnn" in caplog.text
     torch.testing.assert_close(layer.weight_and_bias()[0], layer.linear.expand_parameters()[0])
+
+
+def _layer(seed: int = 0) -> EquivariantLinear:
+    G = group("so3")
+    layer = EquivariantLinear(G.field_type("2x0e+1x1o", on="fiber"), G.field_type("1x0e+2x1o", on="fiber"))
+    _random_theta(layer, seed)
+    return layer
+
+
+def test_expansion_cached_only_without_gradients():
+    layer = _layer().eval()
+    with torch.no_grad():
+        first, second = layer.weight_and_bias()[0], layer.weight_and_bias()[0]
+    assert first is second  # reused while θ is unchanged
+    weight, _ = layer.weight_and_bias()  # gradients enabled: a fresh expansion in eval mode too
+    assert weight.requires_grad and weight is not first
+    (weight * torch.randn_like(weight)).sum().backward()
+    assert layer.linear.weights.grad is not None and layer.linear.weights.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "optimizer_step", "double"])
+def test_cache_follows_parameter_changes_in_eval_mode(change):
+    """A cached expansion must never outlive the θ it came from (a stale one gives silently wrong outputs)."""
+    layer, other = _layer(seed=3).eval(), _layer(seed=4)
+    with torch.no_grad():
+        layer.weight_and_bias()  # fill the cache
+    if change == "load_state_dict":
+        layer.load_state_dict(other.state_dict())
+    elif change == "optimizer_step":
+        layer.linear.weights.grad = torch.ones_like(layer.linear.weights)
+        torch.optim.SGD(layer.parameters(), lr=0.5).step()
+    else:
+        layer.double()
+    with torch.no_grad():
+        weight, bias = layer.weight_and_bias()
+        expected_weight, expected_bias = layer.linear.expand_parameters()
+    assert weight.dtype == layer.linear.weights.dtype
+    assert relative_difference(weight, expected_weight) <= 1e-5
+    torch.testing.assert_close(bias, expected_bias)

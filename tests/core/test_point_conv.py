@@ -91,6 +91,21 @@ def test_eval_mode_and_geometric_tensor_io():
         conv(GeometricTensor(torch.randn(20, 3), group("o3").field_type("1x1o"), coords=pos), pos, edge_index)
 
 
+
+def test_eval_mode_trains_and_follows_loaded_weights():
+    """Eval mode (frozen batch norms) still trains every weight, and ``load_state_dict`` takes effect."""
+    source = ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e+1x1o", **SMALL)
+    conv = ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e+1x1o", **SMALL)
+    x, pos, edge_index = random_point_inputs(conv.in_type)
+    source.eval(), conv.eval()
+    with torch.no_grad():
+        conv(x, pos, edge_index)  # an inference pass first (expanded weights cached)
+    conv(x, pos, edge_index).square().sum().backward()
+    assert all(p.grad is not None for p in conv.parameters())
+    conv.load_state_dict(source.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x, pos, edge_index), source(x, pos, edge_index))
+
 def _edge_vectors(edge_index: torch.Tensor, seed: int = 5) -> torch.Tensor:
     return torch.randn(edge_index.shape[1], 3, generator=torch.Generator().manual_seed(seed))
 
