@@ -101,7 +101,8 @@ def read_hdf5(directory: Path, split: str, use_normals: bool = False) -> CloudSe
 def _fingerprint(files: list[Path], base: Path) -> str:
     h = hashlib.sha1()
     for f in files:
-        h.update(f"{f.relative_to(base)}:{f.stat().st_size}\n".encode())
+        stat = f.stat()  # an edit that keeps the size still changes the modification time
+        h.update(f"{f.relative_to(base)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return h.hexdigest()[:12]
 
 

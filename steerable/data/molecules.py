@@ -7,7 +7,7 @@ Accepted inputs, by :func:`read_molecules`:
   append frequencies, SMILES and InChI there), and QM9's ``*^`` exponent (``1.2*^-6``) is read.
 - a directory: every ``*.xyz`` inside, sorted by name.
 - any other file: one SMILES per line (optionally followed by a name); blank lines and ``#``
-  comments are skipped. Each is embedded in 3-D (ETKDGv3, fixed seed) and MMFF-optimised.
+  comments (at the start of a line or after whitespace: ``C#N`` is a triple bond) are skipped. Each is embedded in 3-D (ETKDGv3, fixed seed) and MMFF-optimised.
 - a string that is none of these but parses as a SMILES: that one molecule.
 
 Malformed input raises ``ValueError`` that names the file and line (``path:line: message``).
@@ -17,6 +17,7 @@ Only H, C, N, O, F are accepted (the elements QM9 contains).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from steerable.data.qm9_bonds import bonds_of_mol, perceive_bonds
 from steerable.data.qm9_raw import ATOMIC_NUMBERS, ELEMENTS
 
 EMBED_SEED = 0xF00D
+COMMENT = re.compile(r"(?:^|\s)#")  # a comment starts a line or follows whitespace
 _Z_OF = dict(zip(ELEMENTS, ATOMIC_NUMBERS, strict=True))
 
 RDLogger.DisableLog("rdApp.*")
@@ -111,7 +113,7 @@ def embed_smiles(smiles: str, where: str) -> tuple[np.ndarray, np.ndarray, np.nd
 def _smiles_lines(path: Path) -> list[tuple[str, tuple]]:
     out = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
-        content = line.split("#", 1)[0].strip()
+        content = COMMENT.split(line, maxsplit=1)[0].strip()  # "#" inside a SMILES is a triple bond
         if not content:
             continue
         fields = content.split()

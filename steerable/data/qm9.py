@@ -143,6 +143,9 @@ class QM9DataModule(SplitDataModule):
         self.targets = validate_targets(list(targets) if not isinstance(targets, str) else targets)
         if subset is not None and set(subset) - set(SPLIT_SIZES):
             raise ValueError(f"subset keys {sorted(subset)} must be among {list(SPLIT_SIZES)}")
+        sizes = {"limit": limit, **{f"subset.{k}": v for k, v in (subset or {}).items()}}
+        if bad := {k: v for k, v in sizes.items() if v is not None and v < 1}:
+            raise ValueError(f"molecules per split must be >= 1, got {bad}")
         self.data_dir, self.graph, self.radius, self.atomization = data_dir, graph, radius, atomization
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.split_seed, self.processes, self.progress = split_seed, processes, progress

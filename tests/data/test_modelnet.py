@@ -290,3 +290,12 @@ def test_cache_key_mismatch_rebuilds(tmp_path):
     assert modelnet_io._cached(path, {"v": 1}, build)["x"] == 1 and len(calls) == 1
     assert modelnet_io._cached(path, {"v": 2}, build)["x"] == 2
     assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_file_fingerprint_sees_same_size_edits(tmp_path):
+    mesh = tmp_path / "a.off"
+    mesh.write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")
+    before = modelnet_io._fingerprint([mesh], tmp_path)
+    mesh.write_text("OFF\n3 1 0\n0 0 0\n0 1 0\n1 0 0\n3 0 1 2\n")  # same bytes count, other mesh
+    os.utime(mesh, ns=(mesh.stat().st_atime_ns, mesh.stat().st_mtime_ns + 1_000_000))
+    assert modelnet_io._fingerprint([mesh], tmp_path) != before

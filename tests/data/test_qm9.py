@@ -282,6 +282,8 @@ def test_limit_and_bad_arguments(data_dir):
         QM9DataModule(targets=["homo", "lumoo"])
     with pytest.raises(ValueError, match="unknown graph"):
         QM9DataModule(graph="knn")
+    with pytest.raises(ValueError, match=r"per split must be >= 1, got \{'subset.val': 0\}"):
+        QM9DataModule(subset={"train": 4, "val": 0})
 
 
 # --- cache -------------------------------------------------------------------------------------
@@ -368,9 +370,10 @@ def test_read_xyz_directory_and_smiles(tmp_path):
     assert math.isclose(batch.pos[3, 2].item(), 0.1173, rel_tol=1e-6)
 
     smiles = tmp_path / "list.smi"
-    smiles.write_text("# name column optional\nc1ccccc1 benzene\n\nO=C=O\n")
+    smiles.write_text("# name column optional\nc1ccccc1 benzene\n\nO=C=O\nC#N hcn  # a triple bond, then a comment\n")
     molecules = read_molecules(str(smiles), graph="radius", radius=3.0)
-    assert [name for name, _ in molecules] == ["benzene", "O=C=O"]
+    assert [name for name, _ in molecules] == ["benzene", "O=C=O", "hcn"]
+    assert sorted(molecules[2][1].z.tolist()) == [1, 6, 7]  # "#" is not a comment inside a SMILES
     benzene = molecules[0][1]
     assert benzene.num_nodes == 12 and benzene.edge_attr.shape[1] == 5
     heavy = (benzene.z > 1)[benzene.edge_index].all(0)
