@@ -80,7 +80,7 @@ GROUPS_2D: dict[str, SubgroupId] = {
 }
 NEEDS_N = {"cn", "dn", "cone_n", "cn_inv", "dn_inv"}
 _REGISTRY = {2: GROUPS_2D, 3: GROUPS_3D}
-_SPEC_TOKEN = re.compile(r"^\s*(?:(\d+)\s*x\s*)?(regular|\d+[eo]?)\s*$")
+_SPEC_TOKEN = re.compile(r"^\s*(?:(\d+)\s*x\s*)?(regular|std|\d+[eo]?)\s*$")
 
 
 class GroupError(ValueError):
@@ -133,7 +133,8 @@ class GroupSpec:
     def irrep(self, l: int, parity: str = "e") -> Representation:
         """Restriction to G of the O(d) irrep of frequency ``l``.
 
-        For d = 3, ``parity`` 'e'/'o' is the sign of the inversion (vectors are ``1o``).
+        For d = 3, ``parity`` 'e'/'o' is the sign of the inversion (``1o`` is the vector irrep, in
+        escnn's (y, z, x) basis; Cartesian xyz vectors are :attr:`std_rep`, spec token ``std``).
         For d = 2, frequency 0 has 'e' (trivial) or 'o' (sign of the flip); frequencies ≥ 1 ignore it.
         """
         o_group = self.ambient.fibergroup
@@ -157,7 +158,12 @@ class GroupSpec:
         return self._tensor_cache[key]
 
     def reps(self, spec: str) -> list[Representation]:
-        """Parse a field spec like ``"4x0e+2x1o+regular"`` into a list of representations of G."""
+        """Parse a field spec like ``"4x0e+2x1o+regular+std"`` into a list of representations of G.
+
+        ``std`` is G's action on R^d, i.e. Cartesian (x, y, z) vectors, transforming like positions.
+        In 3-D the irrep ``1o`` is equivalent but uses escnn's (y, z, x) basis: feed xyz vectors
+        (velocities, normals, forces) as ``std``, not ``1o``.
+        """
         if not isinstance(spec, str) or not spec.strip():
             raise GroupError(f"field spec must be a non-empty string like '4x0e+2x1o', got {spec!r}")
         reps: list[Representation] = []
@@ -166,10 +172,12 @@ class GroupSpec:
             if match is None:
                 raise GroupError(
                     f"cannot parse field spec token {token!r} in {spec!r}; "
-                    "expected '[mult x] l(e|o)' or '[mult x] regular'"
+                    "expected '[mult x] l(e|o)', '[mult x] std' or '[mult x] regular'"
                 )
             mult, irrep = int(match.group(1) or 1), match.group(2)
-            if irrep == "regular":
+            if irrep == "std":
+                rep = self.std_rep
+            elif irrep == "regular":
                 if self.group.continuous:
                     raise GroupError(f"group {self.name!r} is continuous and has no regular representation")
                 rep = self.group.regular_representation

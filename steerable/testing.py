@@ -49,9 +49,9 @@ def group_id(param: tuple[str, int]) -> str:
     return f"{param[0]}-{param[1]}d"
 
 
-def vector_spec(dim: int, mult: int = 1) -> str:
-    """Spec of ``mult`` vector fields (the std rep): ``1o`` in 3-D, frequency 1 in 2-D."""
-    return f"{mult}x1o" if dim == 3 else f"{mult}x1"
+def vector_spec(mult: int = 1) -> str:
+    """Spec of ``mult`` Cartesian vector fields (G's std rep: they transform like positions)."""
+    return f"{mult}xstd"
 
 
 def random_graph(num_nodes: int = 20, num_edges: int = 60, dim: int = 3, num_targets: int | None = None,

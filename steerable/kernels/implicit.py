@@ -69,7 +69,7 @@ class ImplicitKernel(nn.Module):
         in_type: FieldType of the convolution input (C_in = in_type.size).
         out_type: FieldType of the convolution output (C_out = out_type.size).
         attr_type: optional FieldType (over ``group.fiber``) of extra per-edge inputs to φ
-            (bond one-hots are trivial fields; a vector attribute is ``1o``).
+            (bond one-hots are trivial fields; a Cartesian vector attribute is ``std``).
         hidden: spec of φ's hidden fields; default ``band_limited_spec(channels, band_limit)``.
         channels, band_limit: multiplicity and maximal frequency of the default hidden type.
         n_layers: number of linear layers of φ (≥ 2; the last maps to the Hom type).

@@ -25,10 +25,11 @@ class EquivariantLinear(nn.Module):
     escnn's per-block loop for the 27 layers of the QM9 model, forward + backward: 6 vs 79 ms per
     step on 2 CPU threads). Should the check fail (another escnn version), escnn's expansion is used.
     When no gradient is needed (``torch.no_grad``, inference mode, or frozen parameters) the expanded
-    matrices are cached, keyed by the storage and in-place version counter of θ and the bias, so
-    ``load_state_dict``, an optimiser step, or a ``.to()``/``.double()`` cast all invalidate it. A call
-    that needs gradients always expands afresh (in eval mode too: fine-tuning with frozen batch norms
-    trains these weights).
+    matrices are cached together with a copy of θ and the bias they came from, and reused only while
+    the parameters still equal that copy (same dtype, device and values: ``load_state_dict``, optimiser
+    steps, ``.data`` writes such as EMA updates, and casts all invalidate it; the comparison costs
+    microseconds against ~0.2 ms per expansion). A call that needs gradients always expands afresh (in
+    eval mode too: fine-tuning with frozen batch norms trains these weights).
 
     Args:
         in_type: FieldType over a ``no_base_space`` gspace of G.
@@ -46,7 +47,7 @@ class EquivariantLinear(nn.Module):
         # recompute=True: escnn otherwise shares sampled bases between layers, so casting one model
         # (e.g. to float64) would silently change the dtype of every other model's layers.
         self.linear = enn.Linear(in_type, out_type, bias=bias, recompute=True)
-        self._cache: tuple[tuple, list[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
+        self._cache: tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
         table = _checked_expansion_table(self.linear)
         self.sparse_expansion = table is not None
         if table is not None:
@@ -61,13 +62,10 @@ class EquivariantLinear(nn.Module):
         if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
             self._cache = None  # parameters are being trained: a cached copy would soon be stale
             return self._expand()
-        state = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
-        if self._cache is None or self._cache[0] != state:
+        if self._cache is None or not _same_values(self._cache[0], sources):
             with torch.no_grad():
-                # The detached views keep the old storages alive, so no new tensor can reuse their
-                # addresses while the cache refers to them.
-                self._cache = (state, [t.detach() for t in sources], self._expand())
-        return self._cache[2]
+                self._cache = ([t.detach().clone() for t in sources], self._expand())
+        return self._cache[1]
 
     def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.sparse_expansion:
@@ -89,6 +87,12 @@ class EquivariantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_type.size} -> {self.out_type.size}"
+
+
+def _same_values(snapshot: list[torch.Tensor], tensors: list[torch.Tensor]) -> bool:
+    """Whether ``tensors`` still equal ``snapshot`` in dtype, device and every value."""
+    return all(a.dtype == b.dtype and a.device == b.device and torch.equal(a, b.detach())
+               for a, b in zip(snapshot, tensors, strict=True))
 
 
 def expansion_table(linear: enn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -125,7 +125,7 @@ def contract_messages(h_t: torch.Tensor, x_src: torch.Tensor, window: torch.Tens
     (needed only with a bias).
     """
     outer, windowed_sum = aggregate_outer_and_sum(h_t, x_src, None if bias is None else window, layout)
-    out = outer.reshape(layout.num_targets, -1) @ w_flat.T
+    out = outer.flatten(1) @ w_flat.T  # (N, H·C_in); flatten, not reshape(N, -1): N may be 0
     return out if bias is None else torch.addmm(out, windowed_sum, bias.T)
 
 

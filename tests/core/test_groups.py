@@ -120,6 +120,8 @@ def test_spec_parsing_sizes():
     assert group("so2", 2).field_type("2x0e+1x0o+1x1+1x2").size == 2 + 1 + 2 + 2
     assert group("octa").field_type("2xregular").size == 48
     assert group("dn", 2).field_type("regular").size == 8
+    assert o3.field_type("2xstd").size == 6 and o3.reps("std")[0] is o3.std_rep  # Cartesian vectors
+    assert group("so2", 2).field_type("std+1x0e").size == 3
 
 
 @pytest.mark.parametrize("param, spec", [

@@ -101,7 +101,7 @@ def test_expansion_cached_only_without_gradients():
     assert layer.linear.weights.grad is not None and layer.linear.weights.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("change", ["load_state_dict", "optimizer_step", "double"])
+@pytest.mark.parametrize("change", ["load_state_dict", "optimizer_step", "data_write", "double"])
 def test_cache_follows_parameter_changes_in_eval_mode(change):
     """A cached expansion must never outlive the θ it came from (a stale one gives silently wrong outputs)."""
     layer, other = _layer(seed=3).eval(), _layer(seed=4)
@@ -112,6 +112,8 @@ def test_cache_follows_parameter_changes_in_eval_mode(change):
     elif change == "optimizer_step":
         layer.linear.weights.grad = torch.ones_like(layer.linear.weights)
         torch.optim.SGD(layer.parameters(), lr=0.5).step()
+    elif change == "data_write":  # e.g. an EMA update: bypasses autograd's version counter
+        layer.linear.weights.data.mul_(2.0)
     else:
         layer.double()
     with torch.no_grad():

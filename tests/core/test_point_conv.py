@@ -215,11 +215,21 @@ def test_self_loops_do_not_perturb_position_gradients():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
-def test_vector_field_positions_roundtrip():
-    """A 2-D conv mapping scalars to vectors: the output rotates with the plane (sanity for dim=2 specs)."""
-    conv = ImplicitPointConv(group("so2", 2), "1x0e", vector_spec(2), **SMALL)
+@pytest.mark.parametrize("param", [("o3", 3), ("so2_inv", 3), ("so2", 2)], ids=group_id)
+def test_std_fields_are_cartesian_vectors(param):
+    """``std`` outputs turn with the positions' own matrices: out(R·pos) = R·out(pos), reflections included.
+
+    (escnn's ``1o`` is the same irrep in a (y, z, x) basis, so it would fail this check in 3-D.)
+    """
+    G = group(*param)
+    conv = ImplicitPointConv(G, "1x0e", vector_spec(2), **SMALL).eval()
     x, pos, edge_index = random_point_inputs(conv.in_type)
-    assert conv(x, pos, edge_index).shape == (20, 2)
+    assert conv(x, pos, edge_index).shape == (20, 2 * G.dim)
+    for g in G.sample(3, seed=4):
+        R = torch.as_tensor(G.std_matrix(g), dtype=torch.float32)
+        R2 = torch.block_diag(R, R)
+        turned, expected = conv(x, pos @ R.T, edge_index), conv(x, pos, edge_index) @ R2.T
+        assert ((turned - expected).norm() / expected.norm()).item() <= 1e-5
     assert_equivariant_point_module(conv, x, pos, edge_index)
 
 
