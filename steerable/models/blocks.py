@@ -50,6 +50,8 @@ def build_point_conv(
             out_type,
             edge_attr_type=edge_attr_type,
             node_attr_type=node_attr_type,
+            bias=kwargs.get("bias", True),
+            aggr=kwargs.get("aggr", "mean"),
             **analytic_keys,
         )
     raise ValueError(f"unknown model.kernel {kernel!r}; valid: {', '.join(KERNELS)}")

@@ -52,6 +52,7 @@ class AnalyticPointConv(nn.Module):
         width: radius of the kernel support (same unit as positions).
         n_rings: number of radial shells of the analytic basis.
         bias: bias on trivial output fields.
+        aggr: must be ``"mean"`` (escnn's point convolution averages its messages).
         edge_attr_type, node_attr_type: must be ``None``: analytic kernels cannot be conditioned on
             attributes (that is the point of the implicit kernel).
 
@@ -66,11 +67,15 @@ class AnalyticPointConv(nn.Module):
         width: float = 2.0,
         n_rings: int = 3,
         bias: bool = True,
+        aggr: str = "mean",
         edge_attr_type=None,
         node_attr_type=None,
         **_implicit_only,
     ):
         super().__init__()
+        if aggr != "mean":
+            raise ValueError(f"analytic kernels aggregate by mean (escnn's point convolution), got "
+                             f"aggr={aggr!r}: set model.conv.aggr=mean to compare with model.kernel=analytic")
         if edge_attr_type is not None or node_attr_type is not None:
             raise ValueError(
                 "analytic kernels cannot be conditioned on edge/node attributes; "

@@ -44,14 +44,14 @@ def test_refuses_attributes():
         AnalyticPointConv(group("o3"), "1x0e", "1x0e", node_attr_type="1x0e")
 
 
-def test_float64_after_float32_and_back():
-    """Casting one analytic layer must not break another layer of the same types (shared escnn bases)."""
-    G = group("trivial")
-    spec_in, spec_out = "2x0e+1x1o+1x2e", "2x0e+1x1o"  # equal bases inside one layer: the hardest case
-    a = AnalyticPointConv(G, spec_in, spec_out, n_rings=2)
-    b = AnalyticPointConv(G, spec_in, spec_out, n_rings=2).double()
-    x, pos, edge_index = random_point_inputs(a.in_type)
-    out_b = b(x.double(), pos.double(), edge_index)
-    assert out_b.dtype == torch.float64
-    assert a(x, pos, edge_index).dtype == torch.float32
-    torch.testing.assert_close(b.float()(x, pos, edge_index), out_b.float())
+def test_model_options_reach_the_analytic_conv_or_are_refused():
+    """``model.conv.bias`` and ``model.conv.aggr`` are not silently dropped by ``model.kernel=analytic``."""
+    from steerable.models.blocks import build_point_conv
+
+    G = group("o3")
+    in_type, out_type = G.field_type("1x0e+1x1o"), G.field_type("1x0e+1x1o")
+    with_bias = build_point_conv("analytic", G, in_type, out_type, {"n_rings": 2})
+    without = build_point_conv("analytic", G, in_type, out_type, {"n_rings": 2, "bias": False})
+    assert len(list(without.parameters())) == len(list(with_bias.parameters())) - 1
+    with pytest.raises(ValueError, match="aggr='add'"):
+        build_point_conv("analytic", G, in_type, out_type, {"aggr": "add"})

@@ -233,6 +233,29 @@ def test_std_fields_are_cartesian_vectors(param):
     assert_equivariant_point_module(conv, x, pos, edge_index)
 
 
+def test_conv_with_no_targets():
+    """A bipartite layer onto zero target nodes gives a (0, C_out) output in both implicit paths."""
+    for path in ("nodewise", "reference"):
+        conv = ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e", path=path, channels=2, n_layers=2)
+        x = torch.randn(4, 4, requires_grad=True)
+        out = conv(x, (torch.randn(4, 3), torch.randn(0, 3)), torch.zeros(2, 0, dtype=torch.long))
+        assert out.shape == (0, 1)
+        out.sum().backward()
+
+
+def test_float64_after_float32_and_back():
+    """Casting one analytic layer must not break another layer of the same types (shared escnn bases)."""
+    G = group("trivial")
+    spec_in, spec_out = "2x0e+1x1o+1x2e", "2x0e+1x1o"  # equal bases inside one layer: the hardest case
+    a = AnalyticPointConv(G, spec_in, spec_out, n_rings=2)
+    b = AnalyticPointConv(G, spec_in, spec_out, n_rings=2).double()
+    x, pos, edge_index = random_point_inputs(a.in_type)
+    out_b = b(x.double(), pos.double(), edge_index)
+    assert out_b.dtype == torch.float64
+    assert a(x, pos, edge_index).dtype == torch.float32
+    torch.testing.assert_close(b.float()(x, pos, edge_index), out_b.float())
+
+
 def test_check_cli_table(capsys):
     """``python -m steerable.check`` prints one row per group and exits 0 below tolerance, 1 above."""
     from steerable.check import main
