@@ -6,7 +6,7 @@ every epoch before the interruption. :class:`ResumableCSVLogger` keeps them: it 
 existing file, and on its first write drops old rows from steps the resumed run is about to log
 again (work done after the checkpoint and lost with the kill).
 
-Use it as ``logger.csv._target_: steerable.csv_logger.ResumableCSVLogger`` (same arguments).
+It is the ``logger=csv`` default (``conf/logger/csv.yaml``; same arguments as Lightning's).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from steerable.checkpoint import (
@@ -135,11 +136,28 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def finish_wandb(loggers: list[Any], failed: bool) -> None:
+    """End this job's W&B run, so the next job of a local multirun (same process) starts its own."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1 if failed else 0)
+
+
+def best_score_key(monitor: str) -> str:
+    """``metrics.json`` key of the monitored metric's best value (``val/mae`` → ``val/mae_best``)."""
+    return f"{monitor}_best"
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Validate, seed, build, fit, test the best checkpoint; write ``metrics.json`` in the run dir.
 
     Returns:
-        Every metric Lightning collected (``train/…``, ``val/…``, ``test/…``) as floats.
+        Every metric Lightning collected (``train/…``, ``val/…``, ``test/…``) as floats, plus the best
+        value of the monitored metric (the tested checkpoint's) under :func:`best_score_key`. A run
+        resumed in its own dir keeps the entries of its earlier ``metrics.json`` that it does not
+        produce again (e.g. re-running a finished run only tests).
 
     Raises:
         ConfigError: on any config problem, before training starts.
@@ -153,6 +171,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = build_model_and_task(cfg)
     connect_loader_transform(datamodule, task)
     loggers = build_loggers(cfg)
+    try:
+        metrics = _fit_and_test(cfg, resolved, ckpt_path, datamodule, task, loggers)
+    except BaseException:
+        finish_wandb(loggers, failed=True)
+        raise
+    finish_wandb(loggers, failed=False)
+    return metrics
+
+
+def _fit_and_test(cfg: DictConfig, resolved: dict[str, Any], ckpt_path: str | None,
+                  datamodule: pl.LightningDataModule, task: pl.LightningModule, loggers: list[Any]
+                  ) -> dict[str, float]:
     callbacks = build_callbacks(cfg, with_logger=bool(loggers))
     callbacks.append(StoreConfig(redact_secrets(resolved)))
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
@@ -163,12 +193,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.train:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    checkpointing = trainer.checkpoint_callback
+    if checkpointing is not None and checkpointing.best_model_score is not None:
+        metrics[best_score_key(checkpointing.monitor)] = float(checkpointing.best_model_score)
     if cfg.test:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = checkpointing.best_model_path if checkpointing else ""
         test_ckpt = best or (None if cfg.train else ckpt_path)
         trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    path = Path(cfg.paths.output_dir) / "metrics.json"
+    if ckpt_path is not None and path.is_file():  # resumed: keep what this run does not measure again
+        metrics = {**json.loads(path.read_text()), **metrics}
+    write_json(path, metrics)
     return metrics
 
 
@@ -212,9 +248,10 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    """Hydra task: returns the monitored metric (what sweepers optimise)."""
+    """Hydra task: returns the best value of the monitored metric (what sweepers optimise)."""
     try:
-        return train(cfg).get(cfg.task.monitor)
+        metrics = train(cfg)
+        return metrics.get(best_score_key(cfg.task.monitor), metrics.get(cfg.task.monitor))
     except (ConfigError, OmegaConfBaseException) as err:  # inside the job, before Hydra logs it
         exit_with_error(err)
 

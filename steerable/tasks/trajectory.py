@@ -28,5 +28,7 @@ class TrajectoryTask(BaseTask):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         loss = F.mse_loss(self.model(batch), batch.y)
-        self._log_stage(stage, {"loss": loss, "mse": loss}, batch_size=batch.num_graphs)
+        # weighted by particles, as the loss averages over them: epoch values are then the per-particle
+        # MSE whatever the batch size, also when systems differ in size
+        self._log_stage(stage, {"loss": loss, "mse": loss}, batch_size=batch.num_nodes)
         return loss

@@ -64,11 +64,15 @@ def test_resume_continues_from_last_checkpoint(trained_run):
 
 
 def test_local_multirun_over_seeds(tmp_path):
+    """Jobs of a local sweep run one after another in one process: each gets its own W&B run."""
     sweep = tmp_path / "sweep"
-    ok(run_cli("steerable.train", "-m", "seed=0,1", *SMOKE, "trainer.max_epochs=1", "logger=csv",
+    ok(run_cli("steerable.train", "-m", "seed=0,1", *SMOKE, "trainer.max_epochs=1",
                f"hydra.sweep.dir={sweep}", cwd=tmp_path))
     runs = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in (0, 1)]
     assert runs[0]["test/mae"] != runs[1]["test/mae"]
+    wandb_runs = [list((sweep / str(i) / "wandb").glob("offline-run-*")) for i in (0, 1)]
+    assert [len(found) for found in wandb_runs] == [1, 1], wandb_runs
+    assert wandb_runs[0][0].name.split("-")[-1] != wandb_runs[1][0].name.split("-")[-1]  # run ids
 
 
 def test_bad_group_exits_with_one_line(tmp_path):

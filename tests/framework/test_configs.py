@@ -69,7 +69,7 @@ def test_loggers_and_callbacks_instantiate(compose_cfg, monkeypatch):
     configure_wandb(cfg)
     assert cfg.logger.wandb.offline is True
     loggers = build_loggers(cfg)
-    assert sorted(type(lg).__name__ for lg in loggers) == ["CSVLogger", "WandbLogger"]
+    assert sorted(type(lg).__name__ for lg in loggers) == ["ResumableCSVLogger", "WandbLogger"]
     names = [type(cb).__name__ for cb in build_callbacks(cfg, with_logger=True)]
     assert {"EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "RichProgressBar"} <= set(names)
     assert names[0] == "ModelCheckpoint"  # the best-checkpoint callback comes first

@@ -27,9 +27,8 @@ from steerable.train import train
 # 32 training clouds / batch 8 = 4 steps per epoch, 3 epochs; step checkpoints every 2 steps
 SMOKE = ["experiment=smoke", *FAST, "dataset.num_samples=40", "trainer.max_epochs=3",
          "callbacks.step_checkpoint.every_n_train_steps=2"]
-# the same with the resumable CSV logger instead of no logger
-SMOKE_CSV = [("logger=csv" if o == "logger=none" else o) for o in SMOKE] + [
-    "logger.csv._target_=steerable.csv_logger.ResumableCSVLogger"]
+# the same with the default CSV logger (resumable) instead of no logger
+SMOKE_CSV = [("logger=csv" if o == "logger=none" else o) for o in SMOKE]
 
 
 class SigtermAt(pl.Callback):
@@ -103,6 +102,17 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     history = csv_history(run_dir)
     assert [epoch for epoch, _, _ in history] == ["0", "1", "2"]
     assert history == csv_history(reference_dir)
+
+
+def test_rerunning_a_finished_run_keeps_its_metrics(tmp_path):
+    """A requeued or repeated job in a finished run dir only re-tests: metrics.json keeps fit's entries."""
+    first = train(compose_run(SMOKE, tmp_path))
+    assert first["val/mae_best"] <= first["val/mae"] + 1e-12
+    again = train(compose_run(SMOKE, tmp_path))  # resume=auto: nothing left to fit
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"train/loss", "val/mae", "val/mae_best", "test/mae"} <= set(written) and written == again
+    assert written["val/mae_best"] == pytest.approx(first["val/mae_best"])
+    assert written["test/mae"] == pytest.approx(first["test/mae"], rel=1e-6)
 
 
 def test_resume_without_reproducible_order_would_differ(tmp_path):

@@ -48,11 +48,25 @@ def test_checkpoint_rebuilds_task_with_identical_predictions(compose_cfg, tmp_pa
     torch.testing.assert_close(task.target_mean, datamodule.target_mean)
 
 
-def test_classification_with_test_time_rotation_averaging(compose_cfg):
+def _evaluate(ckpt, tmp_path, **dataset) -> dict[str, float]:
+    from omegaconf import OmegaConf
+
+    from steerable.evaluate import evaluate
+
+    return evaluate(OmegaConf.create({"ckpt_path": str(ckpt), "accelerator": "cpu", "dataset": dataset,
+                                      "output": str(tmp_path / "evaluated.json")}))
+
+
+def test_classification_with_test_time_rotation_averaging(compose_cfg, tmp_path):
     cfg = compose_cfg(SMOKE + ["task=classification", "dataset.kind=classification", "model.out_dim=3",
                                "task.tta_samples=3", "task.label_smoothing=0.1"])
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" in metrics
+    assert metrics["val/acc_best"] >= metrics["val/acc"]  # the tested checkpoint is the best one
+    # the rotations are seeded per test epoch: re-testing the checkpoint reproduces the accuracy
+    best = next((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
+    torch.manual_seed(123)  # whatever the global RNG holds
+    assert _evaluate(best, tmp_path)["test/acc"] == metrics["test/acc"]
 
 
 def test_tta_probabilities_are_averaged_over_rotations():
@@ -64,19 +78,31 @@ def test_tta_probabilities_are_averaged_over_rotations():
     datamodule = SyntheticPointCloudDataModule(kind="classification", num_samples=20)
     datamodule.setup()
     batch = Batch.from_data_list(datamodule.splits["train"][:4])
-    torch.manual_seed(0)
+    task.on_test_epoch_start()
     probs = task._probabilities(batch)
     assert probs.shape == (4, 3)
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
     assert not torch.allclose(probs, Norms()(batch).softmax(-1))
+    # every test epoch draws the same rotations, whatever the global RNG did in between
+    torch.rand(7)
+    task.on_test_epoch_start()
+    torch.testing.assert_close(task._probabilities(batch), probs, rtol=0, atol=0)
+    other = ClassificationTask(Norms(), optimizer=torch.optim.SGD, tta_samples=4, tta_seed=1)
+    other.on_test_epoch_start()
+    assert not torch.allclose(other._probabilities(batch), probs)
 
 
-def test_trajectory_task(compose_cfg):
+def test_trajectory_task(compose_cfg, tmp_path):
     model = ["model.out_dim=3", "model.readout=node", "+model.use_velocity=true",
              "+model.predict_positions=true"]
-    cfg = compose_cfg(SMOKE + ["task=trajectory", "dataset.kind=trajectory", *model])
+    sizes = ["dataset.min_points=2", "dataset.max_points=30"]  # systems of different sizes
+    cfg = compose_cfg(SMOKE + ["task=trajectory", "dataset.kind=trajectory", *model, *sizes])
     metrics = train(cfg)
     assert metrics["test/mse"] >= 0 and "val/mse" in metrics
+    # per-particle MSE: the same whatever the batch size
+    best = next((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
+    one, many = (_evaluate(best, tmp_path, batch_size=size)["test/mse"] for size in (1, 7))
+    assert one == pytest.approx(many, rel=1e-5)
 
 
 def test_early_stopping_and_scheduler_step_interval(compose_cfg):
