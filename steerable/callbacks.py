@@ -5,7 +5,8 @@
   mid-epoch, so a run resumed from any checkpoint continues exactly as the uninterrupted run would.
 - :class:`CheckpointOnSigterm` saves a checkpoint at the next batch boundary after SIGTERM (what
   SLURM sends on preemption/time-out) and exits with status 143; Lightning on its own only stops
-  at the end of the epoch, which may be long after SLURM's grace period.
+  at the end of the epoch, which may be long after SLURM's grace period. Under submitit it does the
+  same for the requeue signal (USR2) before handing it to submitit, which requeues the job.
 
 Both are in ``conf/callbacks/default.yaml``; see DESIGN.md §4 (seeds) and issue 8.
 """
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler
 log = logging.getLogger(__name__)
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+REQUEUE_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit / on preemption
 
 
 def mixed_seed(*parts: int | str) -> int:
@@ -168,8 +170,15 @@ class CheckpointOnSigterm(pl.Callback):
 
     Lightning records SIGTERM (``trainer.received_sigterm``) but, in a single process, only stops
     after the epoch. Validation interrupted by SIGTERM is not saved (the last periodic checkpoint
-    stands). Under SLURM with auto-requeue Lightning's own USR2 handler requeues the job; the
-    requeued job resumes from ``path`` with ``resume=auto``.
+    stands).
+
+    The requeue signal (USR2) under submitit (``launcher=slurm``): submitit's handler requeues the job
+    and exits at once, wherever training is, and Lightning installs no handler of its own beside it.
+    So, while fitting, this callback takes the signal over: it saves ``path`` at the end of the
+    current training batch and then calls submitit's handler, which requeues; the requeued job
+    resumes from ``path`` with ``resume=auto``. A signal during validation is handed over at the next
+    validation batch (the last periodic checkpoint stands), outside fit at once. Without a handler
+    already on USR2 (no submitit) nothing changes: Lightning's SLURM plugin handles it.
 
     Args:
         path: checkpoint file to write (``${paths.output_dir}/checkpoints/last.ckpt``).
@@ -177,16 +186,55 @@ class CheckpointOnSigterm(pl.Callback):
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
+        self._requeue_handler: Callable[[int, Any], Any] | None = None  # submitit's, found at fit start
+        self._pending_requeue: tuple[int, Any] | None = None
+        self._fitting = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fitting = True
+        current = signal.getsignal(REQUEUE_SIGNAL)
+        if callable(current) and current != self._on_requeue_signal:
+            self._requeue_handler = current
+            signal.signal(REQUEUE_SIGNAL, self._on_requeue_signal)
+
+    def _on_requeue_signal(self, signum: int, frame: Any) -> None:
+        if self._fitting:
+            self._pending_requeue = (signum, frame)  # acted on at the next batch boundary
+        elif self._requeue_handler is not None:
+            self._requeue_handler(signum, frame)
+
+    def _hand_over_requeue(self) -> None:
+        signum, frame = self._pending_requeue
+        self._pending_requeue, self._fitting = None, False
+        self._requeue_handler(signum, frame)  # submitit: requeue the job, then exit
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if not trainer.received_sigterm:
+        requeue = self._pending_requeue is not None
+        if not (trainer.received_sigterm or requeue):
             return
         # the batch is done, but its progress counter is bumped after this hook: mirror what
         # ModelCheckpoint's own on_train_batch_end saves, which Lightning resumes correctly
         trainer.save_checkpoint(self.path)
-        log.warning("SIGTERM: saved %s at global step %d; exiting", self.path, trainer.global_step)
+        reason = "requeue signal" if requeue else "SIGTERM"
+        log.warning("%s: saved %s at global step %d; exiting", reason, self.path, trainer.global_step)
+        if requeue:
+            self._hand_over_requeue()
         raise SIGTERMException(SIGTERM_EXIT_CODE)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._pending_requeue is not None:
+            self._hand_over_requeue()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fitting = False
+        if self._pending_requeue is not None:
+            self._hand_over_requeue()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        self._fitting = False  # later signals go straight to submitit
 
 
 class PlotsToLoggers(pl.Callback):

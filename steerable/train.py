@@ -111,7 +111,11 @@ def check_same_recipe(ckpt: Path, cfg: DictConfig) -> None:
 
 
 def cluster_plugins() -> list[Any]:
-    """Under SLURM: Lightning's requeue on the signal submitit asks SLURM to send (USR2)."""
+    """Under SLURM: Lightning's requeue on USR2, for jobs started with plain ``sbatch``.
+
+    Under submitit (``launcher=slurm``) submitit's own USR2 handler is already installed, so Lightning
+    adds none; :class:`steerable.callbacks.CheckpointOnSigterm` saves and hands the signal to it.
+    """
     if "SLURM_JOB_ID" in os.environ and SLURMEnvironment.detect():
         return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR2)]
     return []

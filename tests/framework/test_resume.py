@@ -32,18 +32,19 @@ SMOKE_CSV = [("logger=csv" if o == "logger=none" else o) for o in SMOKE]
 
 
 class SigtermAt(pl.Callback):
-    """Test helper: send SIGTERM to this process during optimiser step ``step`` (counting from 1).
+    """Test helper: send SIGTERM (or ``signame``) to this process during optimiser step ``step`` (from 1).
 
     The signal arrives while the batch runs, as a real one would; the run saves after that step.
     """
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, signame: str = "SIGTERM") -> None:
+        self.step, self.signum = step, signal.Signals[signame]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step + 1 == self.step:
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "no SIGTERM handler"
-            os.kill(os.getpid(), signal.SIGTERM)
+            handler = signal.getsignal(self.signum)
+            assert handler not in (signal.SIG_DFL, None), f"no {self.signum.name} handler"
+            os.kill(os.getpid(), self.signum)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -102,6 +103,34 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     history = csv_history(run_dir)
     assert [epoch for epoch, _, _ in history] == ["0", "1", "2"]
     assert history == csv_history(reference_dir)
+
+
+def test_requeue_signal_under_submitit_saves_at_batch_end_then_hands_over(tmp_path):
+    """submitit's USR2 handler requeues and exits at once; the callback saves last.ckpt first."""
+    calls = []
+
+    def submitit_like(signum, frame):  # what submitit installs: requeue, then sys.exit
+        calls.append(signum)
+        sys.exit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_like)
+    try:
+        kill = [f"+callbacks.kill._target_={__name__}.SigtermAt", "+callbacks.kill.step=6",
+                "+callbacks.kill.signame=SIGUSR2"]
+        with pytest.raises(SystemExit):
+            train(compose_run([*SMOKE, *kill], tmp_path))
+        assert calls == [signal.SIGUSR2]
+        saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+        assert (saved["global_step"], saved["epoch"]) == (6, 1)  # the batch in flight completed
+        with pytest.raises(SystemExit):  # outside fit the signal goes straight to submitit
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(1)
+        assert calls == [signal.SIGUSR2, signal.SIGUSR2]
+        resumed = train(compose_run(SMOKE, tmp_path))  # the requeued job
+        assert "test/mae" in resumed
+        assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_rerunning_a_finished_run_keeps_its_metrics(tmp_path):
