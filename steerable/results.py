@@ -10,16 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
-def _lookup(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
+def _lookup(config: DictConfig, dotted: str) -> Any:
+    """The value at ``dotted``, interpolations resolved (None where missing or unresolvable here)."""
+    value = OmegaConf.select(config, dotted, default=None, throw_on_resolution_failure=False)
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def collect_runs(root: str | Path, keys: dict[str, str]) -> list[dict[str, Any]]:
@@ -36,7 +35,7 @@ def collect_runs(root: str | Path, keys: dict[str, str]) -> list[dict[str, Any]]
     for metrics_file in sorted(Path(root).rglob("metrics.json")):
         run_dir = metrics_file.parent
         config_file = run_dir / ".hydra" / "config.yaml"
-        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+        config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
         row = {column: _lookup(config, dotted) for column, dotted in keys.items()}
         row["metrics"] = json.loads(metrics_file.read_text())
         row["run_dir"] = str(run_dir)

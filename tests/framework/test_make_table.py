@@ -55,3 +55,16 @@ def test_empty_sweep_is_one_clear_error(tmp_path, script):
     done = _table(script, tmp_path, tmp_path / "out")
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == f"error: no metrics.json under {tmp_path}"
+
+
+def test_collect_runs_resolves_interpolations(tmp_path):
+    """Hydra stores the config unresolved: ``model.graph: ${dataset.graph}`` must come back as the value."""
+    from steerable.results import collect_runs
+
+    config = {"dataset": {"graph": "bonds", "targets": ["homo"]},
+              "model": {"graph": "${dataset.graph}", "targets": "${dataset.targets}"},
+              "paths": {"output_dir": "${hydra:runtime.output_dir}"}}
+    _run_dir(tmp_path, "run", config, {"test/mae": 1.0})
+    row, = collect_runs(tmp_path, {"graph": "model.graph", "targets": "model.targets",
+                                   "out": "paths.output_dir", "missing": "model.nothing"})
+    assert (row["graph"], row["targets"], row["out"], row["missing"]) == ("bonds", ["homo"], None, None)
