@@ -107,6 +107,11 @@ def test_experiment_composes_and_validates(compose_cfg, experiment):
     check_config(plain_config(compose_tiny(compose_cfg, experiment)))
 
 
+def test_modelnet_model_uses_the_normals_the_dataset_loads(compose_cfg):
+    assert compose_cfg(["experiment=modelnet40_so3"]).model.use_normals is False
+    assert compose_cfg(["experiment=modelnet40_so3", "dataset.use_normals=true"]).model.use_normals is True
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_two_steps_on_tiny_data(compose_cfg, experiment):
