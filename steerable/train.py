@@ -37,6 +37,9 @@ from steerable.config_checks import ConfigError, check_config, check_override_ch
 from steerable.io_utils import AtomicCheckpointIO
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+OPTUNA_DIRECTIONS = {"min": "minimize", "max": "maximize"}
+# conf/hparams_search/optuna.yaml: the study's direction follows task.monitor_mode
+OmegaConf.register_new_resolver("optuna_direction", OPTUNA_DIRECTIONS.__getitem__, replace=True)
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

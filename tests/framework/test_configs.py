@@ -92,6 +92,9 @@ def test_slurm_launcher_and_optuna_sweeper_compose(compose_cfg):
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     sampler = instantiate(cfg.hydra.sweeper.sampler)
     assert type(sampler).__name__ == "TPESampler"
+    assert cfg.hydra.sweeper.direction == "minimize"  # val/mae
+    cfg = compose_cfg(["experiment=modelnet40_so3", "hparams_search=optuna"])
+    assert cfg.hydra.sweeper.direction == "maximize"  # val/acc
 
 
 def compose_tiny(compose_cfg, experiment: str):
