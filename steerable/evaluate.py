@@ -25,8 +25,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     dataset_cfg = OmegaConf.merge(run_cfg.dataset, cfg.dataset)
     datamodule = build(dataset_cfg, "dataset")
     connect_loader_transform(datamodule, task)
-    trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False)
+    precision = cfg.get("precision") or OmegaConf.select(run_cfg, "trainer.precision", default="32-true")
+    trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False)
     metrics = {k: float(v) for k, v in trainer.test(task, datamodule=datamodule)[0].items()}
     output = Path(cfg.output) if cfg.output else Path(f"{cfg.ckpt_path}.test_metrics.json")
     write_json(output, metrics)

@@ -109,3 +109,9 @@ def test_early_stopping_and_scheduler_step_interval(compose_cfg):
     cfg = compose_cfg(SMOKE + ["callbacks=early_stopping", "callbacks.early_stopping.patience=1",
                                "task.scheduler_interval=step", "callbacks.progress_bar=null"])
     assert "test/mae" in train(cfg)
+
+
+def test_evaluate_uses_the_precision_the_run_trained_with(compose_cfg, tmp_path):
+    metrics = train(compose_cfg(SMOKE + ["trainer.precision=bf16-mixed"]))
+    best = next((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
+    assert _evaluate(best, tmp_path)["test/mae"] == pytest.approx(metrics["test/mae"], rel=1e-12, abs=0)
