@@ -121,4 +121,5 @@ def to_coordinate_frame(
         "symmetric_tops_rematched": int(remap.sum()),
         "mirror_sign_guessed": int((sign_fixed & off_diagonal).sum()),
     }
-    return frames @ tensors @ frames.transpose(0, 2, 1), counts
+    rotated = frames @ tensors @ frames.transpose(0, 2, 1)
+    return 0.5 * (rotated + rotated.transpose(0, 2, 1)), counts  # symmetric to the last bit
