@@ -14,7 +14,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def _lookup(config: DictConfig, dotted: str) -> Any:
-    """The value at ``dotted``, interpolations resolved (None where missing or unresolvable here)."""
+    """The value at ``dotted``, interpolations resolved (None where missing or unresolvable here).
+
+    ``${hydra:…}`` values are None: they belong to the run's own Hydra runtime, and resolving them in
+    this process would read whatever Hydra config this process holds.
+    """
+    written = OmegaConf.to_container(config, resolve=False)
+    for key in dotted.split("."):
+        if not isinstance(written, dict) or key not in written:
+            return None
+        written = written[key]
+    if "${hydra:" in str(written):
+        return None
     value = OmegaConf.select(config, dotted, default=None, throw_on_resolution_failure=False)
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
