@@ -17,17 +17,25 @@ from steerable.config_checks import ConfigError
 from steerable.tasks import RegressionTask
 from steerable.train import CONF_DIR, exit_with_error, run_cli
 
+QM9_DATASET = "steerable.data.qm9.QM9DataModule"
+
 
 def predict(cfg: DictConfig) -> list[tuple[str, dict[str, float]]]:
     """Predictions ``[(molecule name, {"homo_meV": value, ...}), ...]`` for ``cfg.input``."""
     task, run_cfg = load_checkpoint(cfg.ckpt_path)
-    if not isinstance(task, RegressionTask):
-        raise ConfigError(f"predict needs a regression (QM9) checkpoint, got {type(task).__name__}")
+    dataset = OmegaConf.select(run_cfg, "dataset._target_", default=None)
+    if not isinstance(task, RegressionTask) or dataset != QM9_DATASET:
+        raise ConfigError(f"predict needs a checkpoint trained on QM9 ({QM9_DATASET}); {cfg.ckpt_path} "
+                          f"was trained on {dataset} with {type(task).__name__}")
     try:
         from steerable.data.qm9 import molecules_to_batch
     except ImportError as err:
         raise ConfigError(f"steerable.data.qm9.molecules_to_batch is not available ({err})") from None
-    names, batch = molecules_to_batch(str(cfg.input), OmegaConf.to_container(run_cfg.dataset, resolve=True))
+    dataset_cfg = OmegaConf.to_container(run_cfg.dataset, resolve=True)
+    try:
+        names, batch = molecules_to_batch(str(cfg.input), dataset_cfg)
+    except ValueError as err:  # malformed input: the message names the file and line
+        raise ConfigError(str(err)) from None
     with torch.no_grad():
         values = task(batch)  # (B, T) in reporting units
     keys = [f"{n}_{u}" for n, u in zip(task.target_names, task.target_units, strict=True)]

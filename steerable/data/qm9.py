@@ -115,7 +115,7 @@ class QM9DataModule(SplitDataModule):
 
     Attributes (after ``setup()``):
         target_names, target_units: lists of length T (per output column).
-        target_mean, target_std: (T,) float32, train-split statistics. For ``polarizability_tensor``
+        target_mean, target_std: (T,) float64, train-split statistics. For ``polarizability_tensor``
             the mean is 0 and the std one scalar (RMS of all train entries) repeated 9×, so that
             standardising commutes with rotations.
         num_atom_types (5), num_bond_types (4 for bonds, 5 otherwise), num_targets (T): available
@@ -210,7 +210,7 @@ class QM9DataModule(SplitDataModule):
             block = slice(start, start + 9)
             mean[block] = 0.0
             std[block] = y[:, block].pow(2).mean().sqrt()
-        self.target_mean, self.target_std = mean.float(), std.clamp_min(1e-12).float()
+        self.target_mean, self.target_std = mean, std.clamp_min(1e-12)
 
     def summary(self) -> str:
         """One line: split sizes, targets, graph and the bond-perception counts."""

@@ -40,8 +40,9 @@ class RegressionTask(BaseTask):
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         if self.target_mean.numel() == 0:
-            self.target_mean = torch.as_tensor(datamodule.target_mean, dtype=torch.float32).clone()
-            self.target_std = torch.as_tensor(datamodule.target_std, dtype=torch.float32).clone()
+            # float64: QM9 total energies are ~1e7 meV, where a float32 mean is off by up to 0.5 meV
+            self.target_mean = torch.as_tensor(datamodule.target_mean, dtype=torch.float64).clone()
+            self.target_std = torch.as_tensor(datamodule.target_std, dtype=torch.float64).clone()
         if not self.target_names:
             self.target_names = list(datamodule.target_names)
             self.target_units = list(datamodule.target_units)
@@ -58,8 +59,8 @@ class RegressionTask(BaseTask):
         self.target_units = list(checkpoint.get("target_units", []))
 
     def forward(self, batch) -> torch.Tensor:
-        """Predictions in reporting units, ``(B, T)``."""
-        return self.model(batch) * self.target_std + self.target_mean
+        """Predictions in reporting units, ``(B, T)``, in the precision of the target statistics."""
+        return self.model(batch).to(self.target_std.dtype) * self.target_std + self.target_mean
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         pred = self.model(batch)
@@ -67,7 +68,7 @@ class RegressionTask(BaseTask):
         # where float32 steps by 1 meV), then cast: the standardised values are O(1)
         target = ((batch.y - self.target_mean) / self.target_std).to(pred.dtype)
         loss = F.l1_loss(pred, target) if self.hparams.loss == "l1" else F.mse_loss(pred, target)
-        mae = ((pred - target).abs() * self.target_std).mean(dim=0)  # (T,) physical units
+        mae = ((pred - target).abs() * self.target_std.to(pred.dtype)).mean(dim=0)  # (T,) physical units
         metrics = {"loss": loss, "mae": mae.mean()}
         for name, unit, value in zip(self.target_names, self.target_units, mae, strict=True):
             metrics[f"{name}_mae_{unit}"] = value

@@ -108,3 +108,8 @@ def test_predict_prints_qm9_properties_with_units(tmp_path):
     result = run_cli("steerable.predict", f"ckpt_path={ckpt}", f"input={xyz}", cwd=tmp_path)
     ok(result)
     assert "homo_meV=" in result.stdout
+    bad = tmp_path / "bad.xyz"
+    bad.write_text("1\nunknown element\nXx 0 0 0\n")
+    result = run_cli("steerable.predict", f"ckpt_path={ckpt}", f"input={bad}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "bad.xyz:3" in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr

@@ -45,7 +45,8 @@ def test_checkpoint_rebuilds_task_with_identical_predictions(compose_cfg, tmp_pa
         pred = task(batch)
         assert pred.shape == batch.y.shape
         torch.testing.assert_close(pred, again(batch))
-    torch.testing.assert_close(task.target_mean, datamodule.target_mean)
+    torch.testing.assert_close(task.target_mean, datamodule.target_mean.double())
+    assert pred.dtype == torch.float64  # de-standardised in the statistics' float64
 
 
 def _evaluate(ckpt, tmp_path, **dataset) -> dict[str, float]:
@@ -115,3 +116,15 @@ def test_evaluate_uses_the_precision_the_run_trained_with(compose_cfg, tmp_path)
     metrics = train(compose_cfg(SMOKE + ["trainer.precision=bf16-mixed"]))
     best = next((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
     assert _evaluate(best, tmp_path)["test/mae"] == pytest.approx(metrics["test/mae"], rel=1e-12, abs=0)
+
+
+def test_predict_refuses_a_checkpoint_not_trained_on_qm9(compose_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from steerable.config_checks import ConfigError
+    from steerable.predict import predict
+
+    train(compose_cfg(SMOKE))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match="needs a checkpoint trained on QM9.*SyntheticPointCloudDataModule"):
+        predict(OmegaConf.create({"ckpt_path": str(ckpt), "input": "CCO"}))
