@@ -42,12 +42,20 @@ OPTIONS = {"run_dir": None, "ckpt_path": None, "layer": 0, "entries": 3, "seed":
 
 
 def find_metrics_csv(run_dir: Path) -> Path:
-    """The run's CSV log (``<run_dir>/csv/metrics.csv`` or any ``metrics.csv`` below the run dir)."""
-    candidates = sorted(run_dir.glob("csv/**/metrics.csv")) or sorted(run_dir.rglob("metrics.csv"))
-    if not candidates:
-        raise FileNotFoundError(f"no metrics.csv under {run_dir} (was the run logged with logger=csv "
-                                "or the default wandb+csv?)")
-    return candidates[0]
+    """The run's CSV log, ``<run_dir>/csv/metrics.csv`` (or a versioned one below ``csv/``).
+
+    Raises:
+        FileNotFoundError: none there; for a multirun sweep dir, naming its job dirs to pass instead.
+    """
+    candidates = sorted(run_dir.glob("csv/**/metrics.csv"))
+    if candidates:
+        return candidates[0]
+    jobs = sorted({p.parents[1] for p in run_dir.glob("*/csv/**/metrics.csv")}, key=lambda p: p.name)
+    if jobs:
+        raise FileNotFoundError(f"{run_dir} is a sweep of {len(jobs)} runs, not one run: pass one of them "
+                                f"as run_dir, e.g. run_dir={jobs[0]}")
+    raise FileNotFoundError(f"no metrics.csv under {run_dir} (was the run logged with logger=csv "
+                            "or the default wandb+csv?)")
 
 
 def read_metrics(path: Path) -> dict[str, list[tuple[float, float]]]:
@@ -157,8 +165,14 @@ def plot_run(run_dir: str | Path, ckpt_path: str | Path | None = None, layer: in
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run_dir {run_dir} does not exist")
     out_dir = run_dir / "plots"
-    written = [plot_learning_curves(run_dir, out_dir)]
     ckpt = Path(ckpt_path) if ckpt_path else default_checkpoint(run_dir)
+    try:
+        written = [plot_learning_curves(run_dir, out_dir)]
+    except FileNotFoundError as err:
+        if ckpt is None:
+            raise
+        print(f"no learning curves: {err}")  # e.g. trained with logger=none: the kernel plots still work
+        written = []
     if ckpt is None:
         return written
     try:

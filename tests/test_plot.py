@@ -88,6 +88,22 @@ def test_bad_layer_and_missing_logs(run_dir, tmp_path, capsys):
     assert "no metrics.csv under" in capsys.readouterr().err
 
 
+def test_sweep_dir_is_refused_and_kernel_plots_need_no_csv(run_dir, tmp_path, capsys):
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        shutil.copytree(run_dir / "csv", sweep / job / "csv")
+    with pytest.raises(SystemExit):
+        main([f"run_dir={sweep}"])
+    assert f"{sweep} is a sweep of 2 runs, not one run: pass one of them" in capsys.readouterr().err
+    no_csv = tmp_path / "no_csv"  # trained with logger=none: only checkpoints
+    shutil.copytree(run_dir / "checkpoints", no_csv / "checkpoints")
+    written = plot_run(no_csv)
+    assert [p.name for p in written] == ["kernel_slices.png", "kernel_rotation.png"]
+    assert "no learning curves" in capsys.readouterr().out
+
+
 def test_plots_callback_sends_images_to_offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
