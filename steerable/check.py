@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             groups += [(name, dim) for name in valid_group_names(dim)]
         elif options["group"] in valid_group_names(dim):
             groups.append((options["group"], dim))
-        else:
-            raise SystemExit(str(GroupError(f"unknown group {options['group']!r} for dim={dim}; "
-                                            f"valid: {', '.join(valid_group_names(dim))}")))
+    if not groups:  # dim=all: the group exists in some dimension
+        valid = ", ".join(sorted({name for dim in dims for name in valid_group_names(dim)}))
+        raise SystemExit(str(GroupError(f"unknown group {options['group']!r} for dim={options['dim']}; "
+                                        f"valid: {valid}")))
     # Tiny tensors: one intra-op thread avoids OpenMP waits on busy machines (~10x faster here).
     torch.set_num_threads(1)
     with warnings.catch_warnings():

@@ -264,7 +264,11 @@ def test_check_cli_table(capsys):
     out = capsys.readouterr().out
     assert "implicit-gated f32" in out and "analytic f64" in out and "\nflip " in out
     assert main(["group=flip", "dim=2", "n_elements=2", "tol=0"]) == 1  # analytic f32 error > 0 for flip
-    with pytest.raises(SystemExit):
-        main(["group=nonsense"])
+    capsys.readouterr()
+    assert main(["group=flip", "dim=all", "n_elements=2"]) == 0  # flip exists in 2-D only: no error for 3-D
+    rows = [row.split()[:2] for row in capsys.readouterr().out.splitlines() if row.startswith("flip")]
+    assert rows == [["flip", "2"]]
+    with pytest.raises(SystemExit, match="unknown group 'nonsense' for dim=all"):
+        main(["group=nonsense", "dim=all"])
     with pytest.raises(SystemExit):
         main(["colour=red"])
