@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-models", action="store_true", help="skip the whole-model throughput")
     p.add_argument("--timeout-s", type=float, default=1200.0, help="per-subprocess timeout")
     p.add_argument("--inprocess", action="store_true",
-                   help="run the jobs in this process (fast smoke test; memory figures then less clean)")
+                   help="run the jobs in this process (fast smoke test, not for figures: memory is less "
+                        "clean, and after the first memory step glibc's mmap threshold stays fixed at "
+                        "64 KiB, which slows the later timings)")
     return p.parse_args(argv)
 
 
