@@ -34,7 +34,7 @@ from steerable.checkpoint import (
     connect_loader_transform,
 )
 from steerable.config_checks import ConfigError, check_config, check_override_choices, redact_secrets
-from steerable.io_utils import AtomicCheckpointIO
+from steerable.io_utils import AtomicCheckpointIO, atomic_write
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 OPTUNA_DIRECTIONS = {"min": "minimize", "max": "maximize"}
@@ -136,11 +136,9 @@ def build_callbacks(cfg: DictConfig, with_logger: bool) -> list[pl.Callback]:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    """Write JSON atomically (a temp file of this process, then rename)."""
+    with atomic_write(path, "w") as handle:
+        handle.write(json.dumps(payload, indent=2, sort_keys=True))
 
 
 def finish_wandb(loggers: list[Any], failed: bool) -> None:
@@ -211,7 +209,8 @@ def _fit_and_test(cfg: DictConfig, resolved: dict[str, Any], ckpt_path: str | No
     path = Path(cfg.paths.output_dir) / "metrics.json"
     if ckpt_path is not None and path.is_file():  # resumed: keep what this run does not measure again
         metrics = {**json.loads(path.read_text()), **metrics}
-    write_json(path, metrics)
+    if trainer.is_global_zero:  # under DDP every rank gets here; one writes
+        write_json(path, metrics)
     return metrics
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -40,14 +41,32 @@ class BaseTask(pl.LightningModule):
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.epoch_means = nn.ModuleDict()  # validation/test metrics, created as they are first logged
 
     def forward(self, batch) -> torch.Tensor:
         """Model output for a PyG ``Batch`` (subclasses map it to reporting units)."""
         return self.model(batch)
 
     def _log_stage(self, stage: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=batch_size,
-                      on_step=False, on_epoch=True, prog_bar=stage != "train", sync_dist=stage != "train")
+        """Log ``{stage}/{name}`` epoch means, each batch weighted by ``batch_size``.
+
+        Validation and test means are exact over all ranks under DDP: torchmetrics sums the weighted
+        values and the weights across ranks (Lightning's ``sync_dist`` averages the per-rank batch
+        counts as integers, which truncates when ranks see different numbers of samples).
+        Training means are per rank, as Lightning logs them.
+        """
+        if stage == "train":
+            self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=batch_size,
+                          on_step=False, on_epoch=True)
+            return
+        for name, value in metrics.items():
+            key = f"{stage}/{name}"
+            slot = key.replace("/", "__")
+            if slot not in self.epoch_means:
+                self.epoch_means[slot] = MeanMetric().to(self.device)
+            self.epoch_means[slot].update(value.detach(), weight=batch_size)
+            self.log(key, self.epoch_means[slot], on_step=False, on_epoch=True, prog_bar=True,
+                     metric_attribute=f"epoch_means.{slot}")
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -75,6 +75,34 @@ def test_local_multirun_over_seeds(tmp_path):
     assert wandb_runs[0][0].name.split("-")[-1] != wandb_runs[1][0].name.split("-")[-1]  # run ids
 
 
+DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false"]
+
+
+@pytest.mark.parametrize("task", ["regression", "trajectory"])
+def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path, task):
+    """Two CPU ranks (gloo): validation/test see every sample once (no padding by repetition) and
+    the epoch means are exact over ranks, so the test metrics equal ``evaluate`` in one process.
+
+    42 samples → 5 test samples (odd: a padding sampler repeats one); trajectory systems of 2–30
+    particles weight batches by particle counts that differ between the ranks.
+    """
+    extra = {"regression": ["dataset.num_samples=42"],
+             "trajectory": ["dataset.num_samples=40", "task=trajectory", "dataset.kind=trajectory",
+                            "model.out_dim=3", "model.readout=node", "+model.use_velocity=true",
+                            "+model.predict_positions=true", "dataset.min_points=2", "dataset.max_points=30"]}
+    run_dir = tmp_path / "run"
+    ok(run_cli("steerable.train", *SMOKE, *DDP_CPU, *extra[task], "logger=csv", f"hydra.run.dir={run_dir}",
+               cwd=tmp_path))
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    best = next((run_dir / "checkpoints").glob("epoch_*.ckpt"))
+    out = tmp_path / "eval.json"
+    ok(run_cli("steerable.evaluate", f"ckpt_path={best}", "accelerator=cpu", f"output={out}", cwd=tmp_path))
+    evaluated = json.loads(out.read_text())
+    metric = "test/mae" if task == "regression" else "test/mse"
+    assert trained[metric] == pytest.approx(evaluated[metric], rel=1e-5)
+    assert not list(run_dir.glob(".metrics.json.tmp*"))
+
+
 def test_bad_group_exits_with_one_line(tmp_path):
     result = run_cli("steerable.train", "group=so4", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
