@@ -204,14 +204,20 @@ class CheckpointOnSigterm(pl.Callback):
             self._requeue_handler(signum, frame)
 
     def _hand_over_requeue(self) -> None:
-        signum, frame = self._pending_requeue
+        signum, frame = self._pending_requeue or (REQUEUE_SIGNAL, None)
         self._pending_requeue, self._fitting = None, False
-        self._requeue_handler(signum, frame)  # submitit: requeue the job, then exit
+        if self._requeue_handler is not None:
+            self._requeue_handler(signum, frame)  # submitit: rank 0 requeues the job and exits
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         requeue = self._pending_requeue is not None
-        if not (trainer.received_sigterm or requeue):
+        stop = trainer.received_sigterm or requeue
+        if trainer.world_size > 1:  # the ranks act together (saving is collective) even when the
+            # signal reached them at different batches: one tiny all-reduce per step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            requeue = stop and trainer.strategy.reduce_boolean_decision(requeue, all=False)
+        if not stop:
             return
         # the batch is done, but its progress counter is bumped after this hook: mirror what
         # ModelCheckpoint's own on_train_batch_end saves, which Lightning resumes correctly

@@ -103,6 +103,52 @@ def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path, task):
     assert not list(run_dir.glob(".metrics.json.tmp*"))
 
 
+FAKE_SUBMITIT = '''
+import os, signal, sys
+import pytorch_lightning as pl
+
+
+class FakeSubmitit(pl.Callback):
+    """submitit's USR2 handler in every rank (rank 0 requeues and exits, the others return); the
+    signal reaches rank 1 alone, during optimiser step `step`."""
+
+    def __init__(self, step, marks):
+        self.step, self.marks = step, marks
+
+    def setup(self, trainer, pl_module, stage):  # before on_fit_start, as submitit's comes first
+        rank = trainer.global_rank
+
+        def handler(signum, frame):
+            open(os.path.join(self.marks, f"handler-rank{rank}"), "w").close()
+            if rank == 0:
+                sys.exit(-1)
+
+        signal.signal(signal.SIGUSR2, handler)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGUSR2)
+'''
+
+
+def test_ddp_requeue_signal_on_one_rank_saves_and_stops_every_rank(tmp_path):
+    """Under DDP the ranks agree to stop at the same batch: saving is collective, so a rank acting
+    alone (the signal reached it first) would hang the run."""
+    (tmp_path / "fake_submitit.py").write_text(FAKE_SUBMITIT)
+    run_dir, marks = tmp_path / "run", tmp_path / "marks"
+    marks.mkdir()
+    fake = ["+callbacks.fake._target_=fake_submitit.FakeSubmitit", "+callbacks.fake.step=6",
+            f"+callbacks.fake.marks={marks}"]
+    result = run_cli("steerable.train", *SMOKE, *DDP_CPU, "dataset.num_samples=80", "trainer.max_epochs=3",
+                     "logger=csv", f"hydra.run.dir={run_dir}", *fake, cwd=tmp_path, timeout=240,
+                     env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode != 0, "the run should have stopped for the requeue"
+    assert sorted(p.name for p in marks.iterdir()) == ["handler-rank0", "handler-rank1"]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 6
+    assert not (run_dir / "metrics.json").exists()
+
+
 def test_bad_group_exits_with_one_line(tmp_path):
     result = run_cli("steerable.train", "group=so4", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
