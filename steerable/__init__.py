@@ -9,4 +9,9 @@ import os
 # Export THP_MEM_ALLOC_ENABLE=0 to opt out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
+from omegaconf import OmegaConf  # noqa: E402
+
+# conf/paths/default.yaml: the directory the command was started in (absolute), for the default root
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+
 __version__ = "0.1.0"

@@ -64,10 +64,13 @@ def test_resume_continues_from_last_checkpoint(trained_run):
 
 
 def test_local_multirun_over_seeds(tmp_path):
-    """Jobs of a local sweep run one after another in one process: each gets its own W&B run."""
-    sweep = tmp_path / "sweep"
-    ok(run_cli("steerable.train", "-m", "seed=0,1", *SMOKE, "trainer.max_epochs=1",
-               f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    """Jobs of a local sweep run one after another in one process: each gets its own W&B run.
+
+    No ``hydra.sweep.dir``: the default one (under ``$STEERABLE_ROOT/logs``) must resolve before
+    Hydra's runtime config exists.
+    """
+    ok(run_cli("steerable.train", "-m", "seed=0,1", *SMOKE, "trainer.max_epochs=1", cwd=tmp_path))
+    sweep, = (tmp_path / "logs").glob("*/multiruns/*")
     runs = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in (0, 1)]
     assert runs[0]["test/mae"] != runs[1]["test/mae"]
     wandb_runs = [list((sweep / str(i) / "wandb").glob("offline-run-*")) for i in (0, 1)]
