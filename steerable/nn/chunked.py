@@ -12,8 +12,8 @@ per normalised layer (each sweep sums per-chunk moments Σa, Σa²), and folded 
 weights (the last one into the Hom layer); autograd then differentiates through the statistics exactly as
 in the unchunked path. The price is recomputation: with L hidden layers, all normalised, layer ℓ runs in
 L − ℓ + 2 sweeps, each once more in backward. Measured (2 CPU threads, E = 65k, chunks of 4k edges):
-≈1.1–1.6× the unchunked step without batch norm in φ, 3–5× with the default two normalised layers
-(bench, session 3: 4.2× at k = 32, 64 channels; the step's tensor memory stays at 14–24 MB up to E = 131k).
+≈1.1–1.6× the unchunked step without batch norm in φ, 1.9–4.9× with the default two normalised layers
+(bench, session 4: 1.9–4.9× for E ≥ 8k; the step's tensor memory stays at 13–28 MB up to E = 131k).
 (Returning the per-node sums ``A_i = Σ w a ⊗ x`` from the message sweep would save a sweep but was
 measured to keep ~1 kB/edge alive in backward.)
 """

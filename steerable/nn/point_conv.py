@@ -40,7 +40,7 @@ class ImplicitPointConv(MessagePassing):
         chunk_edges: node-wise path only: process target nodes in chunks of about this many edges and
             recompute the kernel MLP in backward (:mod:`steerable.nn.chunked`). The step's tensor memory
             no longer grows with E (measured flat, vs ≈ 2.7 kB/edge in one pass) at the cost of
-            recomputing φ (≈ 1.1–1.6× the step time without batch norm in φ, 3–5× with it).
+            recomputing φ (≈ 1.1–1.6× the step time without batch norm in φ, 1.9–4.9× with it).
             ``None`` (default): one pass over all edges.
         aggr: ``"mean"`` or ``"add"``.
         bias: learnable bias on the trivial fields of ``out_type``.
