@@ -180,12 +180,20 @@ class CheckpointOnSigterm(pl.Callback):
     validation batch (the last periodic checkpoint stands), outside fit at once. Without a handler
     already on USR2 (no submitit) nothing changes: Lightning's SLURM plugin handles it.
 
+    Under DDP the ranks agree before acting (saving is collective, and a signal may reach them at
+    different batches): one small all-reduce every ``ddp_check_every`` training batches, which also
+    waits for the device, so it is not done every batch.
+
     Args:
         path: checkpoint file to write (``${paths.output_dir}/checkpoints/last.ckpt``).
+        ddp_check_every: under DDP, look for a signal every this many training batches.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, ddp_check_every: int = 16) -> None:
+        if ddp_check_every < 1:
+            raise ValueError(f"ddp_check_every must be >= 1, got {ddp_check_every}")
         self.path = Path(path)
+        self.ddp_check_every = ddp_check_every
         self._requeue_handler: Callable[[int, Any], Any] | None = None  # submitit's, found at fit start
         self._pending_requeue: tuple[int, Any] | None = None
         self._fitting = False
@@ -213,8 +221,9 @@ class CheckpointOnSigterm(pl.Callback):
                            batch: Any, batch_idx: int) -> None:
         requeue = self._pending_requeue is not None
         stop = trainer.received_sigterm or requeue
-        if trainer.world_size > 1:  # the ranks act together (saving is collective) even when the
-            # signal reached them at different batches: one tiny all-reduce per step
+        if trainer.world_size > 1:  # the ranks act together, at batches all of them check
+            if (batch_idx + 1) % self.ddp_check_every:
+                return
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
             requeue = stop and trainer.strategy.reduce_boolean_decision(requeue, all=False)
         if not stop:
