@@ -43,13 +43,15 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(node, **kwargs)`` with plain containers passed to the target.
 
     A ``ValueError``/``KeyError`` raised by the target's constructor (a bad option for this group,
-    an incompatible field type…) becomes a :class:`ConfigError` naming the config ``key``.
+    an incompatible field type…), or a ``TypeError`` for an unexpected keyword argument, becomes a
+    :class:`ConfigError` naming the config ``key``.
     """
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
-        if isinstance(cause, (ValueError, KeyError)):
+        if isinstance(cause, (ValueError, KeyError)) or (
+                isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause)):
             raise ConfigError(f"{key}: {cause}") from err
         raise
 

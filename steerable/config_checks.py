@@ -45,11 +45,16 @@ def _suggest(name: str, valid: Iterable[str]) -> str:
 
 
 def search_dirs(overrides: Iterable[str], conf_dir: Path) -> list[Path]:
-    """``conf_dir`` plus the ``file://`` folders of a ``hydra.searchpath=[…]`` override."""
-    dirs = [conf_dir]
-    for override in overrides:
-        if override.startswith("hydra.searchpath="):
-            dirs += [Path(p) for p in re.findall(r"file://([^,\]\s]+)", override)]
+    """``conf_dir``, the ``file://`` folders of a ``hydra.searchpath=[…]`` override, and a
+    ``--config-dir``/``-cd`` folder (``--config-dir DIR`` or ``--config-dir=DIR``)."""
+    dirs, args = [conf_dir], list(overrides)
+    for i, arg in enumerate(args):
+        if arg.startswith("hydra.searchpath="):
+            dirs += [Path(p) for p in re.findall(r"file://([^,\]\s]+)", arg)]
+        elif arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(Path(args[i + 1]))
+        elif arg.startswith(("--config-dir=", "-cd=")):
+            dirs.append(Path(arg.split("=", 1)[1]))
     return dirs
 
 
@@ -157,6 +162,30 @@ def _walk_targets(node: Any, key: str) -> None:
             _walk_targets(child, f"{key}[{i}]")
 
 
+def conv_option_names() -> set[str]:
+    """Keys ``model.conv`` may hold: options of the implicit conv and its kernel, or of the analytic conv."""
+    from steerable.kernels.implicit import ImplicitKernel
+    from steerable.nn.analytic import AnalyticPointConv
+    from steerable.nn.point_conv import ImplicitPointConv
+
+    names = set()
+    for target in (ImplicitPointConv, ImplicitKernel, AnalyticPointConv):
+        names |= set(_signature_params(target)[0])
+    return names - {"self", "group", "in_type", "out_type", "attr_type", "edge_attr_type", "node_attr_type"}
+
+
+def _check_conv_options(conv: Any) -> None:
+    """``model.conv`` is a plain dict handed to the convolutions: a misspelt key would be ignored
+    (analytic) or fail deep inside the model (implicit)."""
+    if not isinstance(conv, Mapping):
+        return
+    valid = sorted(conv_option_names())
+    for name in conv:
+        if name not in valid:
+            raise ConfigError(f"unknown key 'model.conv.{name}'{_suggest(name, valid)}; valid keys: "
+                              f"{', '.join(valid)}")
+
+
 def check_config(cfg: Mapping[str, Any]) -> None:
     """Validate a resolved run config (a plain dict without the ``hydra`` node).
 
@@ -174,6 +203,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"invalid value resume={cfg.get('resume')!r}; valid: auto, never")
     for name in ("dataset", "model", "task", "trainer", "logger", "callbacks"):
         _walk_targets(cfg.get(name), name)
+    _check_conv_options(cfg["model"].get("conv"))
 
 
 def redact_secrets(node: Any, secret_values: list[str] | None = None) -> Any:

@@ -141,6 +141,24 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
         handle.write(json.dumps(payload, indent=2, sort_keys=True))
 
 
+def redact_saved_config() -> None:
+    """Redact credentials in ``<run>/.hydra/config.yaml``, which Hydra wrote before :func:`train` ran.
+
+    (The checkpoint, W&B and CSV copies are redacted when they are written.)
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is None:
+        return
+    hydra_cfg = HydraConfig.get()
+    path = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
+    if not path.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    redacted = redact_secrets(saved)
+    if redacted != saved:
+        with atomic_write(path, "w") as handle:
+            handle.write(OmegaConf.to_yaml(redacted))
+
+
 def finish_wandb(loggers: list[Any], failed: bool) -> None:
     """End this job's W&B run, so the next job of a local multirun (same process) starts its own."""
     if any(isinstance(logger, WandbLogger) for logger in loggers):
@@ -167,6 +185,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Raises:
         ConfigError: on any config problem, before training starts.
     """
+    redact_saved_config()
     resolved = plain_config(cfg)
     check_config(resolved)
     ckpt_path = resume_path(cfg)

@@ -81,6 +81,21 @@ def test_override_choices_see_extra_search_path(tmp_path: Path):
     (tmp_path / "extra" / "experiment" / "smoke.yaml").write_text("")
     overrides = [f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "experiment=smoke"]
     check_override_choices(overrides, tmp_path / "main")
+    for flags in (["--config-dir", str(tmp_path / "extra")], [f"--config-dir={tmp_path / 'extra'}"],
+                  ["-cd", str(tmp_path / "extra")]):
+        check_override_choices([*flags, "experiment=smoke"], tmp_path / "main")
+    with pytest.raises(ConfigError, match="unknown experiment 'smoke'"):
+        check_override_choices(["experiment=smoke"], tmp_path / "main")
+
+
+def test_conv_options_are_checked():
+    """``model.conv`` is a plain dict handed to the convs: a misspelt key must not pass silently."""
+    model = {"_target_": "steerable.models.qm9.QM9Model"}
+    for good in ({"chunk_edges": 8192, "compile_mlp": True, "channels": 4}, {"n_rings": 5, "width": 2.0}):
+        check_config(with_("model", {**model, "conv": good}))
+    for bad, hint in (("chunk_edgs", "chunk_edges"), ("n_ring", "n_rings")):
+        with pytest.raises(ConfigError, match=f"unknown key 'model.conv.{bad}' \\(did you mean '{hint}'"):
+            check_config(with_("model", {**model, "conv": {bad: 1}}))
 
 
 def test_redact_secrets_keeps_structure():
@@ -102,3 +117,14 @@ def test_redact_secret_values_from_the_environment(monkeypatch):
 def test_locate_nested_attribute():
     import torch
     assert locate("torch.optim.lr_scheduler.CosineAnnealingLR") is torch.optim.lr_scheduler.CosineAnnealingLR
+
+
+def test_build_turns_an_unexpected_keyword_into_a_config_error():
+    from omegaconf import OmegaConf
+
+    from steerable.checkpoint import build
+
+    node = OmegaConf.create({"_target_": "steerable.kernels.linear.EquivariantLinear", "in_type": None,
+                             "out_type": None, "biass": True})
+    with pytest.raises(ConfigError, match="^layer: .*unexpected keyword argument 'biass'"):
+        build(node, "layer")

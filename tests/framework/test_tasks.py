@@ -128,3 +128,13 @@ def test_predict_refuses_a_checkpoint_not_trained_on_qm9(compose_cfg, tmp_path):
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="needs a checkpoint trained on QM9.*SyntheticPointCloudDataModule"):
         predict(OmegaConf.create({"ckpt_path": str(ckpt), "input": "CCO"}))
+
+
+def test_credentials_in_the_saved_hydra_config_are_redacted(compose_cfg, tmp_path):
+    """Hydra writes `.hydra/config.yaml` before training starts: a key from a config file is redacted."""
+    saved = tmp_path / ".hydra" / "config.yaml"
+    saved.parent.mkdir()
+    saved.write_text("seed: 0\nlogger:\n  wandb:\n    api_key: SUPERSECRETKEY1234567890\n    project: x\n")
+    train(compose_cfg(SMOKE + ["trainer.max_epochs=1"]))
+    text = saved.read_text()
+    assert "SUPERSECRETKEY" not in text and "api_key: <redacted>" in text and "project: x" in text
