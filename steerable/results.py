@@ -13,13 +13,13 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
-def _lookup(config: DictConfig, dotted: str) -> Any:
+def _lookup(config: DictConfig, written: Any, dotted: str) -> Any:
     """The value at ``dotted``, interpolations resolved (None where missing or unresolvable here).
 
-    ``${hydra:…}`` values are None: they belong to the run's own Hydra runtime, and resolving them in
-    this process would read whatever Hydra config this process holds.
+    ``written`` is ``config`` as stored, unresolved (a plain container). ``${hydra:…}`` values are
+    None: they belong to the run's own Hydra runtime, and resolving them in this process would read
+    whatever Hydra config this process holds.
     """
-    written = OmegaConf.to_container(config, resolve=False)
     for key in dotted.split("."):
         if not isinstance(written, dict) or key not in written:
             return None
@@ -47,7 +47,8 @@ def collect_runs(root: str | Path, keys: dict[str, str]) -> list[dict[str, Any]]
         run_dir = metrics_file.parent
         config_file = run_dir / ".hydra" / "config.yaml"
         config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
-        row = {column: _lookup(config, dotted) for column, dotted in keys.items()}
+        written = OmegaConf.to_container(config, resolve=False)
+        row = {column: _lookup(config, written, dotted) for column, dotted in keys.items()}
         row["metrics"] = json.loads(metrics_file.read_text())
         row["run_dir"] = str(run_dir)
         rows.append(row)
