@@ -64,7 +64,8 @@ class ModelNet40(Dataset):
 
     Shapes (one item):
         ``pos: (num_points, 3)`` unit-sphere normalised, ``normal: (num_points, 3)`` unit vectors
-        (rotated with ``pos``), ``y: (1,)`` long label (batched: ``(B,)``).
+        (rotated with ``pos``), ``y: (1,)`` long label (batched: ``(B,)``), ``sample_id: (1,)`` the
+        shape's row in the split (seeds test-time rotations, :class:`~steerable.tasks.ClassificationTask`).
     """
 
     def __init__(self, clouds: CloudSet, indices: np.ndarray | torch.Tensor | None = None,
@@ -100,7 +101,7 @@ class ModelNet40(Dataset):
             rot = random_orthogonal(self.rotation, 1, generator=gen)[0]
             pos = _rotate(pos, rot)
             normal = _rotate(normal.float(), rot) if normal is not None else None
-        data = Data(pos=pos, y=self.clouds.labels[row].view(1))
+        data = Data(pos=pos, y=self.clouds.labels[row].view(1), sample_id=torch.tensor([row]))
         if normal is not None:
             data.normal = normal.float()
         return data if self.transform is None else self.transform(data)

@@ -103,6 +103,8 @@ class SyntheticPointCloudDataModule(SplitDataModule):
         generator = torch.Generator().manual_seed(self.split_seed)
         sizes = torch.randint(self.min_points, self.max_points + 1, (self.num_samples,), generator=generator)
         samples = [make_sample(self.kind, int(n), self.radius, generator) for n in sizes]
+        for row, sample in enumerate(samples):
+            sample.sample_id = torch.tensor([row])  # seeds test-time rotations (ClassificationTask)
         n_train = int(SPLIT_FRACTIONS[0] * self.num_samples)
         n_val = int(SPLIT_FRACTIONS[1] * self.num_samples)
         bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, None)}

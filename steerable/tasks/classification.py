@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,9 +17,13 @@ class ClassificationTask(BaseTask):
     """Label-smoothed cross-entropy; accuracy logged as ``{stage}/acc``.
 
     At test time the class probabilities are averaged over ``tta_samples`` copies of the batch, each
-    graph rotated by its own random matrix of kind ``tta_rotation`` (:func:`random_orthogonal`). The
-    matrices come from a generator seeded with ``tta_seed`` at the start of every test/predict epoch,
-    so a checkpoint tested after training and re-tested by ``steerable.evaluate`` sees the same ones.
+    graph rotated by its own random matrix of kind ``tta_rotation`` (:func:`random_orthogonal`). A
+    graph's matrices depend only on ``tta_seed`` and the graph's ``sample_id`` (its row in the dataset,
+    set by the ModelNet-40 and synthetic datasets), not on the batch size, the order of the batches or
+    the number of DDP ranks: a checkpoint tested after training (on any number of devices) and
+    re-tested by ``steerable.evaluate`` with another batch size sees the same rotations. Batches
+    without ``sample_id`` number their graphs in the order of the test/predict epoch instead (still
+    independent of the batch size, but not of how DDP shards the data).
 
     Args:
         model: ``forward(batch) -> (B, C)`` logits.
@@ -40,22 +45,31 @@ class ClassificationTask(BaseTask):
         if tta_samples < 1:
             raise ValueError(f"tta_samples must be >= 1, got {tta_samples}")
         super().__init__(model, optimizer, scheduler, scheduler_interval, monitor, monitor_mode)
-        self._tta_generator = torch.Generator()
+        self._graphs_seen = 0
 
     def on_test_epoch_start(self) -> None:
-        self._tta_generator.manual_seed(self.hparams.tta_seed)
+        self._graphs_seen = 0
 
     on_predict_epoch_start = on_test_epoch_start
+
+    def _tta_rotations(self, batch) -> torch.Tensor:
+        """``(tta_samples, B, 3, 3)``: the test-time matrices of every graph, seeded by its sample id."""
+        num_graphs = batch.num_graphs
+        ids = getattr(batch, "sample_id", None)
+        ids = (range(self._graphs_seen, self._graphs_seen + num_graphs) if ids is None
+               else ids.view(-1).tolist())
+        self._graphs_seen += num_graphs
+        per_graph = [random_orthogonal(self.hparams.tta_rotation, self.hparams.tta_samples,
+                                       tta_generator(self.hparams.tta_seed, int(sample_id)))
+                     for sample_id in ids]
+        return torch.stack(per_graph, dim=1)
 
     def _probabilities(self, batch) -> torch.Tensor:
         """Class probabilities ``(B, C)`` averaged over the test-time transforms."""
         if self.hparams.tta_samples == 1:
             return self.model(batch).softmax(dim=-1)
-        num_graphs = batch.num_graphs
         probs = 0.0
-        for _ in range(self.hparams.tta_samples):
-            rotations = random_orthogonal(self.hparams.tta_rotation, num_graphs, self._tta_generator)
-            rotations = rotations.to(batch.pos)
+        for rotations in self._tta_rotations(batch).to(batch.pos):
             probs = probs + self.model(rotate_batch(batch, rotations)).softmax(dim=-1)
         return probs / self.hparams.tta_samples
 
@@ -70,3 +84,13 @@ class ClassificationTask(BaseTask):
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._probabilities(batch)
+
+
+def tta_generator(seed: int, sample_id: int) -> torch.Generator:
+    """The generator of one graph's test-time rotations: a well-mixed function of ``(seed, sample_id)``
+    (numpy's ``SeedSequence``), so nearby ids and seeds give unrelated streams."""
+    state = np.random.SeedSequence([seed, sample_id, _TTA_STREAM]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+_TTA_STREAM = 0x7A7A  # keeps these streams apart from other per-sample seeds (e.g. evaluation subsets)

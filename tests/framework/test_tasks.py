@@ -93,6 +93,35 @@ def test_tta_probabilities_are_averaged_over_rotations():
     assert not torch.allclose(other._probabilities(batch), probs)
 
 
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_tta_rotations_do_not_depend_on_batching(with_ids):
+    """A graph's test-time rotations follow its ``sample_id`` (without one: its place in the epoch),
+    so batch sizes (``evaluate +dataset.batch_size=…``) and DDP shards see the same ones."""
+    task = ClassificationTask(torch.nn.Identity(), optimizer=torch.optim.SGD, tta_samples=3,
+                              tta_rotation="o3")
+    datamodule = SyntheticPointCloudDataModule(kind="classification", num_samples=20)
+    datamodule.setup()
+    items = [d.clone() for d in datamodule.splits["train"][:6]]
+    if not with_ids:
+        for item in items:
+            del item.sample_id
+
+    def epoch(sizes):
+        task.on_test_epoch_start()
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        batches = [Batch.from_data_list(items[a:a + n]) for a, n in zip(starts, sizes)]
+        return torch.cat([task._tta_rotations(batch) for batch in batches], dim=1)
+
+    whole = epoch([6])
+    assert whole.shape == (3, 6, 3, 3)
+    torch.testing.assert_close(epoch([2, 1, 3]), whole, rtol=0, atol=0)
+    assert (torch.linalg.det(whole.double()) < 0).any()  # o3: reflections too
+    if with_ids:  # graphs 3..5 alone, in another order, keep their own rotations
+        task.on_test_epoch_start()
+        alone = task._tta_rotations(Batch.from_data_list([items[5], items[3], items[4]]))
+        torch.testing.assert_close(alone, whole[:, [5, 3, 4]], rtol=0, atol=0)
+
+
 def test_trajectory_task(compose_cfg, tmp_path):
     model = ["model.out_dim=3", "model.readout=node", "+model.use_velocity=true",
              "+model.predict_positions=true"]
