@@ -35,6 +35,7 @@ from steerable.transforms import ROTATION_KINDS, random_orthogonal
 log = logging.getLogger(__name__)
 
 Rotation = Literal["none", "z", "so3", "o3"]
+_TRANSFORM_STREAM = 0x5EED  # apart from the seeds of the evaluation subsets and rotations
 
 
 def normalize_unit_sphere(pos: torch.Tensor) -> torch.Tensor:
@@ -60,7 +61,9 @@ class ModelNet40(Dataset):
         train: random subsampling/rotation per access if True, else fixed per item (default False).
         seed: seed of the fixed evaluation subsets/rotations (default 0).
         transform: applied to every item last, e.g. the model's point hierarchy
-            (:class:`steerable.models.point_hierarchy.PointHierarchy`) (default None).
+            (:class:`steerable.models.point_hierarchy.PointHierarchy`) (default None). For evaluation
+            items it runs with the global torch RNG seeded by ``(seed, index)`` (restored afterwards), so
+            its random choices (``sampling=random``) are fixed per item as well.
 
     Shapes (one item):
         ``pos: (num_points, 3)`` unit-sphere normalised, ``normal: (num_points, 3)`` unit vectors
@@ -104,7 +107,14 @@ class ModelNet40(Dataset):
         data = Data(pos=pos, y=self.clouds.labels[row].view(1), sample_id=torch.tensor([row]))
         if normal is not None:
             data.normal = normal.float()
-        return data if self.transform is None else self.transform(data)
+        if self.transform is None:
+            return data
+        if self.train:
+            return self.transform(data)
+        # evaluation: the transform's random choices (e.g. random sampling) are fixed per item too
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + row + _TRANSFORM_STREAM)
+            return self.transform(data)
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -299,3 +299,29 @@ def test_file_fingerprint_sees_same_size_edits(tmp_path):
     mesh.write_text("OFF\n3 1 0\n0 0 0\n0 1 0\n1 0 0\n3 0 1 2\n")  # same bytes count, other mesh
     os.utime(mesh, ns=(mesh.stat().st_atime_ns, mesh.stat().st_mtime_ns + 1_000_000))
     assert modelnet_io._fingerprint([mesh], tmp_path) != before
+
+
+def test_evaluation_transforms_are_fixed_per_item():
+    """``model.sampling=random``: an evaluation item's point hierarchy is the same at every access
+    (seeded by the item, whatever the global RNG holds, which it leaves as it was); training items
+    draw a fresh one."""
+    from steerable.data.modelnet_layout import CloudSet
+    from steerable.models.point_hierarchy import PointHierarchy
+
+    gen = torch.Generator().manual_seed(0)
+    clouds = CloudSet(torch.randn(3, 64, 3, generator=gen), torch.tensor([0, 1, 2]), None,
+                      ["airplane_0001", "bathtub_0001", "bed_0001"])
+    hierarchy = PointHierarchy([{"ratio": 0.25, "k": 4}, {"ratio": 0.5, "k": 4}], sampling="random")
+
+    def keeps(train: bool) -> list[torch.Tensor]:
+        item = ModelNet40(clouds, num_points=64, train=train, transform=hierarchy)[1]
+        return [item.hierarchy_keep_1, item.hierarchy_keep_2]
+
+    first = keeps(train=False)
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    again = keeps(train=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    draws = [keeps(train=True)[0] for _ in range(4)]
+    assert any(not torch.equal(draws[0], other) for other in draws[1:])
