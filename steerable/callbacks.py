@@ -25,7 +25,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-from torch.utils.data import DataLoader, RandomSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,34 @@ def reseed_global(seed: int) -> None:
     random.seed(seed)
 
 
-class EpochSeededSampler(Sampler[int]):
+class EpochSeededSampler(DistributedSampler):
     """Random permutation of ``range(n)`` that depends only on ``(seed, epoch)``; can skip batches.
 
     At the first index of every batch it also reseeds the global generators from
-    ``(seed, epoch, batch)``, so random augmentations drawn while loading (``num_workers=0``)
-    are reproducible too.
+    ``(seed, epoch, batch)`` (and the rank, under DDP), so random augmentations drawn while loading
+    (``num_workers=0``) are reproducible too.
+
+    Under DDP (``num_replicas > 1``) every rank walks its own share of the same permutation: the
+    permutation is padded to a multiple of ``num_replicas`` by repeating its first indices, as
+    Lightning's training sampler does, and rank ``r`` takes positions ``r, r + num_replicas, …``. A
+    ``DistributedSampler`` subclass, so Lightning keeps it instead of wrapping it in its own.
 
     Args:
         n: dataset length.
         batch_size: indices per batch (for the skip and the per-batch reseed).
         seed: run seed.
+        num_replicas, rank: DDP world size and this process's rank (1 and 0 in one process).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        # DistributedSampler's attributes, set directly: its __init__ needs a dataset, which a sampler
+        # of indices does not
+        self.num_replicas, self.rank, self.shuffle, self.drop_last = num_replicas, rank, True, False
         self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.num_samples = -(-n // num_replicas)  # per rank
+        self.total_size = self.num_samples * num_replicas
         self.epoch = 0
         self._skip: dict[str, int] | None = None
 
@@ -68,21 +81,29 @@ class EpochSeededSampler(Sampler[int]):
         self.epoch = epoch
 
     def skip_next(self, epoch: int, batches: int) -> None:
-        """The next iteration, if it is for ``epoch``, starts after ``batches`` batches."""
+        """The next iteration, if it is for ``epoch``, starts after ``batches`` batches (of this rank)."""
         self._skip = {"epoch": epoch, "batches": batches}
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
+
+    def _batch_seed(self, batch: int) -> int:
+        if self.num_replicas == 1:
+            return mixed_seed(self.seed, self.epoch, batch, "data")
+        return mixed_seed(self.seed, self.epoch, batch, self.rank, "data")
 
     def __iter__(self) -> Iterator[int]:
         skip, self._skip = self._skip, None
         start = skip["batches"] * self.batch_size if skip and skip["epoch"] == self.epoch else 0
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
             mixed_seed(self.seed, self.epoch, "order"))).tolist()
-        for position in range(start, self.n):
+        if self.n and self.total_size > self.n:
+            order += (order * (self.total_size // self.n + 1))[: self.total_size - self.n]
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        for position in range(start, len(mine)):
             if position % self.batch_size == 0:
-                reseed_global(mixed_seed(self.seed, self.epoch, position // self.batch_size, "data"))
-            yield order[position]
+                reseed_global(self._batch_seed(position // self.batch_size))
+            yield mine[position]
 
 
 class ResumableLoader(DataLoader):
@@ -102,12 +123,13 @@ class ResumableLoader(DataLoader):
         self.sampler.skip_next(state["epoch"], state["batches"])
 
 
-def resumable_copy(loader: DataLoader, seed: int, progress: Callable[[], dict[str, int]]) -> ResumableLoader:
-    """The same loader (dataset, collate, workers) with an :class:`EpochSeededSampler`."""
+def resumable_copy(loader: DataLoader, seed: int, progress: Callable[[], dict[str, int]],
+                   num_replicas: int = 1, rank: int = 0) -> ResumableLoader:
+    """The same loader (dataset, collate, workers) with an :class:`EpochSeededSampler` (this rank's share)."""
     extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers > 0 else {}
     copy = ResumableLoader(
         loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last,
-        sampler=EpochSeededSampler(len(loader.dataset), loader.batch_size, seed),
+        sampler=EpochSeededSampler(len(loader.dataset), loader.batch_size, seed, num_replicas, rank),
         collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
         worker_init_fn=loader.worker_init_fn, persistent_workers=loader.persistent_workers, **extra)
     copy.progress = progress
@@ -124,9 +146,10 @@ class ReproducibleTrainOrder(pl.Callback):
       (dropout, random rotations inside the model…).
 
     So a run killed at any step and resumed from its last checkpoint ends with the same weights and
-    metrics as an uninterrupted run (on CPU; GPU kernels may be non-deterministic). Loaders that do
-    not shuffle, loaders passed to ``fit`` directly and multi-process (DDP) runs are left alone.
-    Augmentations drawn inside DataLoader *worker processes* are not covered.
+    metrics as an uninterrupted run (on CPU; GPU kernels may be non-deterministic), under DDP too:
+    every rank walks its share of the epoch's permutation, resumes after the batches it had trained
+    on, and reseeds with its rank mixed in. Loaders that do not shuffle and loaders passed to ``fit``
+    directly are left alone. Augmentations drawn inside DataLoader *worker processes* are not covered.
 
     Args:
         seed: the run seed (``${seed}``).
@@ -138,16 +161,17 @@ class ReproducibleTrainOrder(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
-        if stage != "fit" or datamodule is None or trainer.world_size > 1:
+        if stage != "fit" or datamodule is None:
             return
         self._trainer = trainer
+        replicas, rank = trainer.world_size, trainer.global_rank
         # a datamodule reused by another trainer is re-wrapped around its own method, not our wrapper
         original = getattr(datamodule.train_dataloader, "_original", datamodule.train_dataloader)
 
         def train_dataloader() -> DataLoader:
             loader = original()
             if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler):
-                return resumable_copy(loader, self.seed, self.progress)
+                return resumable_copy(loader, self.seed, self.progress, replicas, rank)
             log.warning("ReproducibleTrainOrder: train loader %r does not shuffle; left as is", loader)
             return loader
 
@@ -162,7 +186,9 @@ class ReproducibleTrainOrder(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        reseed_global(mixed_seed(self.seed, trainer.global_step, "step"))
+        step = (self.seed, trainer.global_step) if trainer.world_size == 1 else (
+            self.seed, trainer.global_step, trainer.global_rank)
+        reseed_global(mixed_seed(*step, "step"))
 
 
 class CheckpointOnSigterm(pl.Callback):

@@ -134,22 +134,35 @@ class FakeSubmitit(pl.Callback):
 '''
 
 
-def test_ddp_requeue_signal_on_one_rank_saves_and_stops_every_rank(tmp_path):
+def test_ddp_requeue_signal_on_one_rank_saves_stops_and_resumes_like_an_uninterrupted_run(tmp_path):
     """Under DDP the ranks agree to stop at the same batch: saving is collective, so a rank acting
-    alone (the signal reached it first) would hang the run."""
+    alone (the signal reached it first) would hang the run. The requeued job resumes mid-epoch: every
+    rank skips the batches of its share it had trained on, and the run ends with the weights and
+    metrics of an uninterrupted one."""
     (tmp_path / "fake_submitit.py").write_text(FAKE_SUBMITIT)
-    run_dir, marks = tmp_path / "run", tmp_path / "marks"
+    run_dir, marks, reference_dir = tmp_path / "run", tmp_path / "marks", tmp_path / "reference"
     marks.mkdir()
+    common = [*SMOKE, *DDP_CPU, "dataset.num_samples=80", "trainer.max_epochs=3", "logger=csv"]
     fake = ["+callbacks.fake._target_=fake_submitit.FakeSubmitit", "+callbacks.fake.step=6",
             f"+callbacks.fake.marks={marks}", "callbacks.sigterm_checkpoint.ddp_check_every=3"]
-    result = run_cli("steerable.train", *SMOKE, *DDP_CPU, "dataset.num_samples=80", "trainer.max_epochs=3",
-                     "logger=csv", f"hydra.run.dir={run_dir}", *fake, cwd=tmp_path, timeout=240,
+    result = run_cli("steerable.train", *common, f"hydra.run.dir={run_dir}", *fake, cwd=tmp_path, timeout=240,
                      env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode != 0, "the run should have stopped for the requeue"
     assert sorted(p.name for p in marks.iterdir()) == ["handler-rank0", "handler-rank1"]
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert 6 <= saved["global_step"] < 6 + 3  # at the first batch the ranks check after the signal
+    assert saved["global_step"] % 4  # 64 training samples / 2 ranks / batch 8: mid-epoch
     assert not (run_dir / "metrics.json").exists()
+
+    ok(run_cli("steerable.train", *common, f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=240))
+    ok(run_cli("steerable.train", *common, f"hydra.run.dir={reference_dir}", cwd=tmp_path, timeout=240))
+    resumed, reference = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference_dir))
+    keys = [k for k in reference if k.startswith(("val/", "test/"))]
+    assert keys and {k: resumed[k] for k in keys} == pytest.approx({k: reference[k] for k in keys}, rel=1e-6)
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+               for d in (run_dir, reference_dir)]
+    for name, value in weights[1].items():
+        torch.testing.assert_close(weights[0][name], value, rtol=1e-6, atol=1e-8, msg=name)
 
 
 def test_bad_group_exits_with_one_line(tmp_path):

@@ -78,6 +78,26 @@ def test_sampler_order_is_a_function_of_seed_and_epoch():
     assert list(EpochSeededSampler(10, 3, seed=2)) != first
 
 
+def test_sampler_shards_the_same_permutation_over_ranks():
+    """Under DDP each rank takes every other position of the epoch's permutation (padded by repeating
+    its start, like Lightning's sampler), skips its own batches on resume, and stays a
+    ``DistributedSampler`` so Lightning does not replace it."""
+    whole = EpochSeededSampler(11, batch_size=2, seed=1)
+    whole.set_epoch(3)
+    order = list(whole)
+    ranks = [EpochSeededSampler(11, batch_size=2, seed=1, num_replicas=2, rank=r) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(3)
+        assert isinstance(sampler, torch.utils.data.DistributedSampler) and len(sampler) == 6
+    shares = [list(sampler) for sampler in ranks]
+    padded = order + order[:1]
+    assert shares == [padded[0::2], padded[1::2]]
+    ranks[1].skip_next(epoch=3, batches=2)
+    assert list(ranks[1]) == shares[1][4:]
+    with pytest.raises(ValueError, match="rank 2"):
+        EpochSeededSampler(11, 2, 1, num_replicas=2, rank=2)
+
+
 def csv_history(run_dir: Path) -> list[tuple[str, str, str]]:
     """``(epoch, step, val/mae)`` rows of the run's CSV log."""
     with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
@@ -252,7 +272,7 @@ def test_train_loader_is_replaced_once_per_trainer():
     datamodule.setup()
     first, second = ReproducibleTrainOrder(seed=1), ReproducibleTrainOrder(seed=2)
     for callback in (first, second):
-        callback.setup(SimpleNamespace(datamodule=datamodule, world_size=1), None, "fit")
+        callback.setup(SimpleNamespace(datamodule=datamodule, world_size=1, global_rank=0), None, "fit")
     loader = datamodule.train_dataloader()
     assert isinstance(loader, ResumableLoader) and loader.sampler.seed == 2
     assert loader.progress.__self__ is second and len(list(loader)) == 4
