@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from escnn import nn as enn
 from escnn.nn import FieldType
+from escnn.nn.modules.basismanager.basisexpansion_singleblock import normalize_basis
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -54,7 +57,9 @@ class EquivariantLinear(nn.Module):
             rows, cols, values = table
             self.register_buffer("expansion_rows", rows, persistent=False)
             self.register_buffer("expansion_cols", cols, persistent=False)
-            self.register_buffer("expansion_values", values, persistent=False)
+            # float64 master copy: every cast of the layer re-derives the buffer from it (see _apply)
+            self._exact_values = values.double()
+            self.register_buffer("expansion_values", values.to(self.linear.weights.dtype), persistent=False)
 
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Expanded ``W: (out.size, in.size)`` and ``b: (out.size,)`` or ``None``."""
@@ -74,6 +79,15 @@ class EquivariantLinear(nn.Module):
         weight = apply_expansion_table(self.linear.weights, table, self.out_type.size * self.in_type.size)
         bias = None if self.linear.bias is None else self.linear.bias_expansion @ self.linear.bias
         return weight.view(self.out_type.size, self.in_type.size), bias
+
+    def _apply(self, fn, recurse: bool = True):
+        """Casts and moves as usual; the expansion values then come from the float64 master copy in the
+        buffer's new dtype, so ``.double()`` gets basis values exact to float64 (not float32 ones widened)."""
+        super()._apply(fn, recurse)
+        if self.sparse_expansion:
+            target = self.expansion_values
+            self.expansion_values = self._exact_values.to(device=target.device, dtype=target.dtype)
+        return self
 
     def train(self, mode: bool = True):
         # Deliberately not recursing: escnn's Linear registers extra buffers in eval mode, which would
@@ -102,7 +116,9 @@ def expansion_table(linear: enn.Linear) -> tuple[torch.Tensor, torch.Tensor, tor
     ``B (dim, o, i)``, its weight range (``dim`` weights per pair of fields, output field major) and
     where its blocks sit in W (contiguous slices or flattened index grids). Entry
     ``W[r, c] += B[d, a, b]·θ[j]`` becomes ``rows = r·in + c``, ``cols = j``, ``values = B[d, a, b]``.
-    Exact zeros of B are dropped. Values keep the basis dtype.
+    Exact zeros of B are dropped. Values are float64: escnn samples its bases in float32 (errors up to
+    ~2e-8, which made float64 models equivariant only to ~3e-8), so each block is sampled again in
+    float64 here (:func:`_float64_basis`).
     """
     expansion = linear.basisexpansion
     n_in = expansion._input_size
@@ -110,7 +126,7 @@ def expansion_table(linear: enn.Linear) -> tuple[torch.Tensor, torch.Tensor, tor
     for pair in expansion._representations_pairs:
         name = expansion._escape_pair(pair)
         block = getattr(expansion, f"block_expansion_{name}")
-        basis = block.sampled_basis
+        basis = _float64_basis(block, expansion.points)
         if basis.shape[-1] != 1:
             raise ValueError("expected a basis sampled at one point (a linear layer)")
         basis = basis[..., 0]  # (dim, o, i)
@@ -133,10 +149,41 @@ def expansion_table(linear: enn.Linear) -> tuple[torch.Tensor, torch.Tensor, tor
         values.append(basis[d, a, b])
     if not rows:  # no equivariant map between the types: W = 0
         empty = torch.zeros(0, dtype=torch.long)
-        return empty, empty, torch.zeros(0, dtype=linear.weights.dtype)
+        return empty, empty, torch.zeros(0, dtype=torch.float64)
     rows, cols, values = torch.cat(rows), torch.cat(cols), torch.cat(values)
     keep = values != 0
     return rows[keep], cols[keep], values[keep]
+
+
+def _float64_basis(block, points) -> torch.Tensor:
+    """escnn's ``sampled_basis (dim, o, i, points)`` of one block, sampled and normalised again in float64.
+
+    escnn's basis keeps the change of basis of non-irreducible representations (e.g. ρ_o ⊗ ρ_i of the
+    Hom layer) as float32 buffers (``B`` for the output, ``A_inv`` for the input); a float64 copy of
+    the basis gets them again from the representations' own float64 matrices. Falls back to the
+    stored float32 basis, widened, if escnn's block does not look as expected.
+    """
+    stored = block.sampled_basis
+    try:
+        shared = (block.basis.group, block.basis.in_repr, block.basis.out_repr)  # not copied: read only
+        basis = copy.deepcopy(block.basis, memo={id(obj): obj for obj in shared}).double()
+        for name, matrix in (("B", "change_of_basis"), ("A_inv", "change_of_basis_inv")):
+            if getattr(basis, name, None) is not None:
+                repr_ = basis.out_repr if name == "B" else basis.in_repr
+                exact = torch.as_tensor(np.asarray(getattr(repr_, matrix)), dtype=torch.float64)
+                if exact.shape != getattr(basis, name).shape:
+                    raise ValueError(f"escnn's {name} is not the change of basis of its representation")
+                setattr(basis, name, exact)
+        sampled = basis.sample(torch.as_tensor(points, dtype=torch.float64)).permute(1, 2, 3, 0)
+        sizes = torch.tensor([attr["shape"][0] for attr in basis], dtype=torch.float64)
+        resampled = normalize_basis(sampled, sizes)[block._mask]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        log.warning("escnn basis block not resampled in float64 (%s); using its float32 samples", err)
+        return stored.double()
+    if resampled.shape != stored.shape or not torch.allclose(resampled, stored.double(), atol=1e-5):
+        log.warning("escnn basis block resampled in float64 differs from its own; using its float32 samples")
+        return stored.double()
+    return resampled
 
 
 def apply_expansion_table(
@@ -158,7 +205,9 @@ def _checked_expansion_table(linear: enn.Linear):
         return table
     with torch.no_grad():
         expected = linear.expand_parameters()[0].reshape(-1)
-        got = apply_expansion_table(linear.weights, table, expected.numel())
+        rows, cols, values = table
+        in_dtype = (rows, cols, values.to(linear.weights.dtype))
+        got = apply_expansion_table(linear.weights, in_dtype, expected.numel())
         tolerance = 1e-5 * float(expected.abs().max().clamp(min=1e-12))
     if not torch.allclose(got, expected, rtol=0.0, atol=tolerance):
         log.warning("sparse basis expansion differs from escnn's; using escnn's expansion")

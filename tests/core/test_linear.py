@@ -61,6 +61,29 @@ def test_float64_cast_keeps_matching_escnn():
     assert relative_difference(weight, layer.linear.expand_parameters()[0]) <= 1e-12
 
 
+@pytest.mark.parametrize("param", [("o3", 3), ("ico", 3), ("o2", 2)], ids=lambda p: p[0])
+def test_float64_layers_commute_exactly_with_tensor_product_types(param):
+    """escnn samples its bases in float32 (its change of basis of ρ_o ⊗ ρ_i too): the table is built
+    from a float64 resampling, and every cast re-derives the buffer from that, so a float64 layer
+    (the kernel MLP's Hom layer) is equivariant to rounding — 2e-8 before — and float32 → float64
+    round trips lose nothing."""
+    G = group(*param)
+    hidden = "2x0e+1x1o+1x2e" if G.dim == 3 else "2x0e+1x1+1x2"
+    pairs = ("1x1o", "1x2e") if G.dim == 3 else ("1x1", "1x2")
+    irrep = {spec: G.field_type(spec, on="fiber").representations[0] for spec in pairs}
+    hom = G.fiber.type(*[G.tensor(irrep[a], irrep[b]) for a in pairs for b in pairs])
+    layer = EquivariantLinear(G.field_type(hidden, on="fiber"), hom)
+    _random_theta(layer, seed=3)
+    layer.double().float().double()
+    weight, _ = layer.weight_and_bias()
+    assert weight.dtype == torch.float64
+    for g in [G.group.sample() for _ in range(3)]:
+        rho_in = torch.as_tensor(layer.in_type.representation(g), dtype=torch.float64)
+        rho_out = torch.as_tensor(layer.out_type.representation(g), dtype=torch.float64)
+        assert relative_difference(weight @ rho_in, rho_out @ weight) <= 1e-13
+    assert relative_difference(weight, layer.linear.expand_parameters()[0].double()) <= 1e-6  # escnn: float32
+
+
 def test_no_equivariant_map_gives_zero_matrix():
     G = group("so3")
     layer = EquivariantLinear(G.field_type("1x1o", on="fiber"), G.field_type("1x0e", on="fiber"))
