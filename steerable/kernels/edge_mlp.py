@@ -40,7 +40,7 @@ def edge_inputs(
     Shapes: ``rel_pos: (E, d)``, ``attr: (E, A)``, ``square_basis: (k, d²)`` →
     ``(E, d + k + n_rbf + A)``, ``(E,)``.
     """
-    nonzero = ((rel_pos * rel_pos).sum(-1) > 0)[:, None]
+    nonzero = ((rel_pos * rel_pos).sum(-1) != 0)[:, None]  # NaN stays NaN (not a zero vector)
     safe = torch.where(nonzero, rel_pos, torch.ones_like(rel_pos))
     r = torch.where(nonzero[:, 0], safe.norm(dim=-1), torch.zeros_like(safe[:, 0]))
     u = torch.where(nonzero, safe / safe.norm(dim=-1, keepdim=True), torch.zeros_like(rel_pos))

@@ -12,13 +12,18 @@ so ``k(gx) = ρ_out(g) k(x) ρ_in(g)^T`` for every g in G, for any G ≤ O(d) es
 φ's input field is ``u ⊕ sym(u⊗u) (direction powers; std rep and, in 3-D, 0e ⊕ 2e) ⊕ RBF(|x|)
 (trivial) ⊕ attributes``.
 The direction powers give the linear layers access to every frequency up to ``direction_order``
-(a gated MLP cannot create frequency 2 from a vector alone). The output type is the direct sum, over
+(a gated MLP cannot create frequency 2 from a vector alone), as far as the hidden type carries it:
+every linear layer maps irreps only onto equal ones, so the kernel has no component of a frequency
+above the hidden ``band_limit`` (e.g. with ``band_limit=1`` no scalar → ℓ=2 kernel and no ℓ=2 part of
+a vector → vector kernel). A kernel that would be identically zero is refused at construction, and
+(out field, in field) blocks that would be are logged as a warning. The output type is the direct sum, over
 pairs (out field i, in field j), of ρ_i ⊗ ρ_j, so any FieldType in and out is supported — mixed
 irreps, multiplicities, regular representations.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -32,6 +37,8 @@ from steerable.groups import GroupSpec
 from steerable.kernels.edge_mlp import EdgeMLPOps, radial_window
 from steerable.kernels.linear import EquivariantLinear
 from steerable.nn.field_ops import FieldBatchNorm, FieldLayout, build_nonlinearity, norm_affine
+
+log = logging.getLogger(__name__)
 
 Affine = tuple[torch.Tensor, torch.Tensor]  # per-channel (scale, shift) of a pending batch norm
 LinearWeights = tuple[torch.Tensor, torch.Tensor | None]  # expanded (W, b) of an equivariant linear layer
@@ -71,7 +78,8 @@ class ImplicitKernel(nn.Module):
         attr_type: optional FieldType (over ``group.fiber``) of extra per-edge inputs to φ
             (bond one-hots are trivial fields; a Cartesian vector attribute is ``std``).
         hidden: spec of φ's hidden fields; default ``band_limited_spec(channels, band_limit)``.
-        channels, band_limit: multiplicity and maximal frequency of the default hidden type.
+        channels, band_limit: multiplicity and maximal frequency of the default hidden type (the kernel's
+            highest angular frequency: see the module docstring).
         n_layers: number of linear layers of φ (≥ 2; the last maps to the Hom type).
         direction_order: highest tensor power of the unit direction fed to φ (1 or 2).
         n_rbf, rbf_max: Gaussian radial basis of |x| fed to φ as invariants.
@@ -151,6 +159,7 @@ class ImplicitKernel(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
         hom_reps, flat_index = self._hom_blocks()
+        _check_reachable(hom_reps, self.hidden_type, in_type, out_type)
         self.hom_type = fiber.type(*hom_reps)
         self.hom = EquivariantLinear(self.hidden_type, self.hom_type)
         self.register_buffer("flat_index", flat_index, persistent=False)
@@ -200,7 +209,9 @@ class ImplicitKernel(nn.Module):
         """
         key = (like.dtype, like.device)
         if key not in self._square_map:
-            self._square_map[key] = torch.as_tensor(self._square_basis, dtype=like.dtype, device=like.device)
+            with torch.inference_mode(False):  # a normal tensor, usable by autograd after inference mode
+                square = torch.as_tensor(self._square_basis, dtype=like.dtype, device=like.device)
+            self._square_map[key] = square
         return self._square_map[key]
 
     def layers(self) -> list[tuple[nn.Module, nn.Module, FieldBatchNorm | None]]:
@@ -342,6 +353,37 @@ def fold_affine(weight_and_bias: LinearWeights, affine: Affine | None) -> Linear
     scale, shift = affine
     moved = weight @ shift
     return weight * scale, moved if bias is None else bias + moved
+
+
+def _check_reachable(hom_reps: list[Representation], hidden: FieldType, in_type: FieldType,
+                     out_type: FieldType) -> None:
+    """Refuse a kernel that is identically zero; warn about (out field, in field) blocks that are.
+
+    The Hom layer maps φ's hidden type linearly and equivariantly onto ``ρ_out,i ⊗ ρ_in,j`` block by
+    block, so (Schur) a block's irreducible components that no hidden field contains stay exactly zero:
+    with ``band_limit=1``, for example, a scalar → ℓ=2 kernel, or the ℓ=2 part of a vector → vector
+    kernel. ``hom_reps`` are the blocks in the order of :meth:`ImplicitKernel._hom_blocks` (output field
+    major).
+    """
+    available = {irrep for rep in hidden.representations for irrep in rep.irreps}
+    dead, missing = set(), set()
+    n_in = len(in_type.representations)
+    for index, rep in enumerate(hom_reps):
+        absent = [irrep for irrep in rep.irreps if irrep not in available]
+        missing.update(absent)
+        if len(absent) == len(rep.irreps):
+            source, target = in_type.representations[index % n_in], out_type.representations[index // n_in]
+            dead.add(f"{source.name} -> {target.name}")
+    if not missing:
+        return
+    names = ", ".join(sorted(hidden.fibergroup.irrep(*irrep).name for irrep in missing))
+    advice = (f"φ's hidden type has no field of the irreps {names} (frequency ℓ needs band_limit >= ℓ): "
+              "raise band_limit or add them to `hidden`")
+    if len(dead) == len(hom_reps):
+        names_in, names_out = ("+".join(r.name for r in t.representations) for t in (in_type, out_type))
+        raise ValueError(f"the kernel {names_in} -> {names_out} would be identically zero: {advice}")
+    if dead:
+        log.warning("kernel blocks %s are identically zero: %s", ", ".join(sorted(dead)), advice)
 
 
 def _symmetric_square(group: GroupSpec) -> tuple[list[Representation], np.ndarray]:

@@ -68,7 +68,9 @@ class EquivariantLinear(nn.Module):
             self._cache = None  # parameters are being trained: a cached copy would soon be stale
             return self._expand()
         if self._cache is None or not _same_values(self._cache[0], sources):
-            with torch.no_grad():
+            # normal tensors even under inference mode (Lightning's validation): an inference tensor
+            # in the cache could not be saved for a later backward (e.g. w.r.t. the input)
+            with torch.no_grad(), torch.inference_mode(False):
                 self._cache = ([t.detach().clone() for t in sources], self._expand())
         return self._cache[1]
 

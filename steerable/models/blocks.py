@@ -58,7 +58,8 @@ def build_point_conv(
 
 
 class SteerableBlock(nn.Module):
-    """``conv → equivariant batch norm → gated nonlinearity`` (+ identity residual when types match).
+    """``conv → equivariant batch norm → gated nonlinearity`` (+ identity residual when types match;
+    the residual needs the output on the input's points, so bipartite graphs need ``residual=False``).
 
     The conv outputs ``out_type ⊕ k×trivial`` (k gates, one per non-trivial field of out_type).
 
@@ -94,7 +95,12 @@ class SteerableBlock(nn.Module):
         out = self.nonlinearity(
             self.norm(self.conv(x, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr))
         )
-        return out + x if self.residual else out
+        if not self.residual:
+            return out
+        if isinstance(pos, tuple):
+            raise ValueError("the identity residual needs the output on the input's points; this block got "
+                             "a bipartite (pos_src, pos_dst) pair: build it with residual=False")
+        return out + x
 
 
 class InvariantMap(nn.Module):

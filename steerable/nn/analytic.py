@@ -90,19 +90,7 @@ class AnalyticPointConv(nn.Module):
             )
 
     def _apply(self, fn, recurse: bool = True):
-        # escnn's kernel-basis modules compare equal by value (torch.allclose on their tensors), and torch's
-        # recursive _apply de-duplicates submodules by equality: once one basis is cast, comparing it with an
-        # equal one still in the old dtype raises. Visit the escnn submodules by identity instead.
-        if not recurse:
-            return super()._apply(fn, recurse=False)
-        stack, seen = [self], set()
-        while stack:
-            module = stack.pop()
-            if id(module) not in seen:
-                seen.add(id(module))
-                module._apply(fn, recurse=False)
-                stack.extend(child for child in module._modules.values() if child is not None)
-        return self
+        return _apply_by_identity(self, fn, recurse)
 
     def train(self, mode: bool = True):
         # Not recursing into escnn's layer: in eval mode it registers an extra buffer, which would make
@@ -168,7 +156,9 @@ class AnalyticGridConv(nn.Module):
                 recompute=True,
             )
 
-    _apply = AnalyticPointConv._apply
+    def _apply(self, fn, recurse: bool = True):
+        return _apply_by_identity(self, fn, recurse)
+
     train = AnalyticPointConv.train
 
     def forward(self, x: GeometricTensor) -> GeometricTensor:
@@ -177,3 +167,23 @@ class AnalyticGridConv(nn.Module):
         filter_, bias = self.conv.expand_parameters()
         conv = torch.nn.functional.conv2d if self.group.dim == 2 else torch.nn.functional.conv3d
         return GeometricTensor(conv(x.tensor, filter_, bias, padding=self.conv.padding), self.out_type)
+
+
+def _apply_by_identity(root: nn.Module, fn, recurse: bool) -> nn.Module:
+    """``root._apply(fn)`` visiting submodules by identity.
+
+    escnn's kernel-basis modules compare equal by value (``torch.allclose`` on their tensors), and torch's
+    recursive ``_apply`` de-duplicates submodules by equality: once one basis is cast, comparing it with
+    an equal one still in the old dtype raises.
+    """
+    nn.Module._apply(root, fn, recurse=False)
+    if not recurse:
+        return root
+    stack, seen = list(root._modules.values()), {id(root)}
+    while stack:
+        module = stack.pop()
+        if module is not None and id(module) not in seen:
+            seen.add(id(module))
+            module._apply(fn, recurse=False)
+            stack.extend(module._modules.values())
+    return root

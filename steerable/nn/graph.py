@@ -272,8 +272,8 @@ def farthest_point_sampling(pos: Tensor, batch: Tensor | None = None, ratio: flo
 
     Each graph keeps ``ceil(ratio * n_b)`` points (or ``min(n, n_b)``), starting from its first
     point (or a random one with ``random_start``) and repeatedly adding the point farthest from
-    those chosen (ties: lowest index). With a fixed start the result is invariant under rotations
-    and translations of the cloud.
+    those chosen (ties: lowest index). Coincident points are distinct choices: no index is returned
+    twice. With a fixed start the result is invariant under rotations and translations of the cloud.
 
     Args:
         pos (Tensor): positions ``(N, D)``.
@@ -304,6 +304,7 @@ def farthest_point_sampling(pos: Tensor, batch: Tensor | None = None, ratio: flo
         chosen[:, step] = current
         dist = (blocks.pos - blocks.pos[graphs, current].unsqueeze(1)).square_().sum(-1)
         torch.minimum(mind, dist, out=mind)
+        mind[graphs, current] = -0.5  # chosen: never again, even when every distance left is 0
         current = mind.argmax(dim=1)
     keep = torch.arange(steps, device=pos.device) < sizes[:, None]
     return blocks.index.gather(1, chosen)[keep]

@@ -141,6 +141,17 @@ def test_fps_matches_reference_per_graph():
     assert all(len(set(idx[batch[idx] == b].tolist())) == c for b, c in enumerate([10, 7, 10]))
 
 
+def test_fps_never_returns_an_index_twice_on_coincident_points():
+    pos = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [2.0, 2.0], [2.0, 2.0]])
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert farthest_point_sampling(pos[:3], ratio=1.0).tolist() == [0, 2, 1]
+    idx = farthest_point_sampling(pos, batch, ratio=1.0)
+    assert sorted(idx.tolist()) == list(range(6))
+    grid = torch.stack(torch.meshgrid(torch.arange(3.0), torch.arange(3.0), indexing="ij"), -1).reshape(-1, 2)
+    doubled = torch.cat([grid, grid])  # every point twice
+    assert farthest_point_sampling(doubled, n=18).unique().numel() == 18
+
+
 def test_fps_random_start_and_random_sampling():
     pos, batch = _clouds([40, 12])
     g = torch.Generator().manual_seed(0)

@@ -83,3 +83,7 @@ def test_analytic_grid_conv_equivariance(case):
     out = conv(x)
     assert out.tensor.shape == (2, conv.out_type.size, *x.tensor.shape[2:])
     assert_equivariant_grid_module(conv, x, grid_elements(G), tol=1e-5)
+    conv.to("cpu").double()  # casts and moves like any module
+    doubled = conv(GeometricTensor(x.tensor.double(), x.type))
+    assert doubled.tensor.dtype == torch.float64
+    torch.testing.assert_close(doubled.tensor.float(), out.tensor, rtol=1e-4, atol=1e-5)

@@ -272,3 +272,50 @@ def test_check_cli_table(capsys):
         main(["group=nonsense", "dim=all"])
     with pytest.raises(SystemExit):
         main(["colour=red"])
+
+
+def test_a_call_in_inference_mode_does_not_poison_later_gradients():
+    """Lightning validates under ``torch.inference_mode``: the caches filled there (the direction-square
+    map, the expanded weights of frozen layers) must still serve autograd afterwards."""
+    conv = ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e+1x1o", **SMALL).eval()
+    x, pos, edge_index = torch.randn(5, 4), torch.randn(5, 3), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    with torch.inference_mode():
+        conv(x, pos, edge_index)
+    forces = torch.autograd.grad(conv(x, pos.requires_grad_(), edge_index).sum(), pos)[0]
+    assert forces.shape == (5, 3) and forces.abs().sum() > 0
+    conv.requires_grad_(False)  # frozen: the expanded weights are now cached
+    with torch.inference_mode():
+        conv(x, pos.detach(), edge_index)
+    grad_x = torch.autograd.grad(conv(x.requires_grad_(), pos.detach(), edge_index).sum(), x)[0]
+    assert grad_x.abs().sum() > 0
+
+
+@pytest.mark.parametrize("path", ["nodewise", "reference"])
+def test_nan_position_gives_nan_not_a_zero_length_edge(path):
+    conv = ImplicitPointConv(group("o3"), "1x0e", "1x0e", path=path, **SMALL)
+    x, pos, edge_index = torch.randn(3, 1), torch.randn(3, 3), torch.tensor([[2, 0], [0, 1]])
+    pos[2] = float("nan")
+    out = conv.eval()(x, pos, edge_index)
+    assert out[0].isnan().all() and not out[1].isnan().any()  # eval: only the target of the NaN source
+    assert conv.train()(x, pos, edge_index)[:2].isnan().all()  # training: the batch statistics see it
+
+
+def test_kernels_that_cannot_reach_the_output_irreps():
+    """With band_limit=1 φ's hidden type has no ℓ=2 field, so (Schur) a scalar → ℓ=2 kernel is zero:
+    refused with the fix; a partly dead kernel is a warning naming the dead blocks."""
+    G = group("o3")
+    with pytest.raises(ValueError, match="identically zero.*raise band_limit"):
+        ImplicitPointConv(G, "1x0e", "1x2e", **SMALL)
+    conv = ImplicitPointConv(G, "1x0e", "1x2e", **{**SMALL, "band_limit": 2})
+    x, pos, edge_index = random_point_inputs(conv.in_type, 10, seed=0)
+    assert conv(x, pos, edge_index).abs().max() > 1e-3
+
+
+def test_partly_dead_kernel_blocks_are_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="steerable.kernels.implicit"):
+        ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x2e", **SMALL)
+    assert "irrep_0,0 -> O(3):irrep_0,2 are identically zero" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="steerable.kernels.implicit"):
+        ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e+1x1o", **SMALL)
+    assert "identically zero" not in caplog.text
