@@ -59,16 +59,15 @@ def _parse_header(path, lines: list[tuple[int, str]]) -> tuple[int, int, int]:
 
 
 def _parse_vertices(path, lines, nv: int) -> np.ndarray:
+    """Vertices ``(nv, 3)`` from their ``nv`` lines ``x y z [extra columns, e.g. colours]``."""
     if len(lines) < nv:
         _fail(path, lines[-1][0] if lines else 0, f"expected {nv} vertices, file ends after {len(lines)}")
-    tokens = " ".join(line for _, line in lines).split()
-    if len(tokens) == 3 * nv:  # fast path: exactly x y z per line
-        try:
-            fast = np.asarray(tokens, dtype=np.float64).reshape(nv, 3)
-        except ValueError:
-            fast = None
-        if fast is not None:
-            return _check_finite(path, lines, fast)
+    try:  # fast path: every line has the same columns (ragged or non-numeric lines raise)
+        fast = np.asarray([line.split() for _, line in lines], dtype=np.float64)
+    except ValueError:
+        fast = None
+    if fast is not None and fast.ndim == 2 and fast.shape[1] >= 3:
+        return _check_finite(path, lines, np.ascontiguousarray(fast[:, :3]))
     verts = np.empty((nv, 3), dtype=np.float64)
     for i, (lineno, line) in enumerate(lines):
         parts = line.split()
@@ -91,32 +90,30 @@ def _check_finite(path, lines, verts: np.ndarray) -> np.ndarray:
 
 
 def _parse_faces(path, lines, nf: int, nv: int) -> np.ndarray:
+    """Triangles ``(F, 3)`` from ``nf`` lines ``count i_1 .. i_count [extra columns]`` (fan-triangulated)."""
     if len(lines) < nf:
         _fail(path, lines[-1][0] if lines else 0, f"expected {nf} faces, file ends after {len(lines)}")
+    try:  # fast path: every line the same columns (ragged, non-integer or huge tokens raise)
+        fast = np.asarray([line.split() for _, line in lines], dtype=np.int64)
+    except (ValueError, OverflowError):
+        fast = None
+    if fast is not None and fast.ndim == 2 and fast.shape[1] >= 4 and (fast[:, 0] == 3).all():
+        bad = np.flatnonzero(((fast[:, 1:4] < 0) | (fast[:, 1:4] >= nv)).any(axis=1))
+        if bad.size:
+            _fail(path, lines[bad[0]][0], f"vertex index out of range [0, {nv}) in {lines[bad[0]][1]!r}")
+        return np.ascontiguousarray(fast[:, 1:4])
     tris: list[np.ndarray] = []
-    fast = None
-    try:  # fast path: all triangles, no extra tokens
-        fast = np.asarray(" ".join(line for _, line in lines).split(), dtype=np.int64)
-    except ValueError:
-        pass
-    if fast is not None and fast.size == 4 * nf and (fast.reshape(nf, 4)[:, 0] == 3).all():
-        faces = fast.reshape(nf, 4)[:, 1:]
-    else:
-        for lineno, line in lines:
-            parts = line.split()
-            count = _ints(path, lineno, parts[:1], "vertex count")[0]
-            if count < 3 or len(parts) < count + 1:
-                _fail(path, lineno, f"face needs >= 3 vertex indices after its count, got {line!r}")
-            idx = np.asarray(_ints(path, lineno, parts[1:count + 1], "vertex indices"))
-            if idx.min() < 0 or idx.max() >= nv:
-                _fail(path, lineno, f"vertex index out of range [0, {nv}) in {line!r}")
-            # fan triangulation: (v0, v_i, v_{i+1})
-            tris.append(np.stack([np.full(count - 2, idx[0]), idx[1:-1], idx[2:]], axis=1))
-        faces = np.concatenate(tris) if tris else np.empty((0, 3), dtype=np.int64)
-    if faces.size and (faces.min() < 0 or faces.max() >= nv):
-        bad = int(np.nonzero((faces < 0) | (faces >= nv))[0][0])
-        _fail(path, lines[bad][0], f"vertex index out of range [0, {nv})")
-    return faces.astype(np.int64)
+    for lineno, line in lines:
+        parts = line.split()
+        count = _ints(path, lineno, parts[:1], "vertex count")[0]
+        if count < 3 or len(parts) < count + 1:
+            _fail(path, lineno, f"face needs >= 3 vertex indices after its count, got {line!r}")
+        idx = _ints(path, lineno, parts[1:count + 1], "vertex indices")
+        if min(idx) < 0 or max(idx) >= nv:  # checked on Python ints: a huge index cannot overflow
+            _fail(path, lineno, f"vertex index out of range [0, {nv}) in {line!r}")
+        v = np.asarray(idx, dtype=np.int64)  # fan triangulation: (v0, v_i, v_{i+1})
+        tris.append(np.stack([np.full(count - 2, v[0]), v[1:-1], v[2:]], axis=1))
+    return np.concatenate(tris) if tris else np.empty((0, 3), dtype=np.int64)
 
 
 def read_off(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,7 @@ from steerable.data.modelnet_layout import (
 __all__ = ["CLASS_NAMES", "CloudSet", "find_layout", "load_split", "read_hdf5", "read_normal_resampled",
            "read_off_dir", "sample_off"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: strict readers (v1 caches may hold truncated or misparsed clouds)
 OFF_SAMPLINGS = ("uniform", "fps")
 
 
@@ -54,6 +54,30 @@ def _shape_ids(h5_file: Path, rows: int) -> list[str]:
         if len(ids) == rows:
             return ids
     return [f"{h5_file.name}:{i}" for i in range(rows)]
+
+
+def _nonfinite_rows(values: np.ndarray) -> np.ndarray:
+    """Indices ``(K,)`` of the rows of ``values (N, ...)`` that hold NaN or inf."""
+    return np.flatnonzero(~np.isfinite(values).all(axis=tuple(range(1, values.ndim))))
+
+
+def _read_coordinates(h5, path: Path, key: str) -> torch.Tensor:
+    """Float32 ``(N, P, 3)`` from dataset ``key`` (first three columns), which must be finite."""
+    values = np.asarray(h5[key][..., :3], dtype=np.float32)
+    bad = _nonfinite_rows(values)
+    if bad.size:
+        raise ValueError(f"{path}: dataset {key!r} has NaN/inf coordinates in rows {bad[:10].tolist()}")
+    return torch.from_numpy(values)
+
+
+def _read_labels(h5, path: Path, num_classes: int) -> torch.Tensor:
+    """Long ``(N,)`` from dataset ``label (N[, 1])``: class indices in ``[0, num_classes)``, or fail."""
+    values = np.asarray(h5["label"]).reshape(-1)
+    bad = np.flatnonzero(~np.isin(values, np.arange(num_classes)))
+    if bad.size:
+        raise ValueError(f"{path}: dataset 'label' has values {values[bad[:10]].tolist()} in rows "
+                         f"{bad[:10].tolist()}, not class indices in [0, {num_classes})")
+    return torch.from_numpy(values.astype(np.int64))
 
 
 def read_hdf5(directory: Path, split: str, use_normals: bool = False) -> CloudSet:
@@ -71,6 +95,8 @@ def read_hdf5(directory: Path, split: str, use_normals: bool = False) -> CloudSe
     if not files or missing:
         raise FileNotFoundError(f"HDF5 files for split {split!r} not found in {directory}: "
                                 f"{missing or 'no ply_data_' + split + '*.h5'}")
+    names_file = directory / "shape_names.txt"
+    names = read_names(names_file) if names_file.is_file() else CLASS_NAMES
     points, normals, labels, ids = [], [], [], []
     for f in files:
         try:
@@ -83,17 +109,14 @@ def read_hdf5(directory: Path, split: str, use_normals: bool = False) -> CloudSe
                     raise ValueError(f"{f}: missing dataset {key!r} (has {sorted(h5.keys())})")
             if use_normals and "normal" not in h5:
                 raise ValueError(f"{f}: use_normals=True but the file has no 'normal' dataset")
-            points.append(torch.from_numpy(np.asarray(h5["data"][..., :3], dtype=np.float32)))
-            bad = (~torch.isfinite(points[-1]).flatten(1).all(dim=1)).nonzero().flatten().tolist()
-            if bad:
-                raise ValueError(f"{f}: dataset 'data' has NaN/inf coordinates in rows {bad[:10]}")
-            labels.append(torch.from_numpy(np.asarray(h5["label"]).reshape(-1).astype(np.int64)))
+            points.append(_read_coordinates(h5, f, "data"))
+            labels.append(_read_labels(h5, f, len(names)))
+            if len(labels[-1]) != len(points[-1]):
+                raise ValueError(f"{f}: {len(labels[-1])} labels for {len(points[-1])} shapes in 'data'")
             if use_normals:
-                normals.append(torch.from_numpy(np.asarray(h5["normal"][..., :3], dtype=np.float32)))
+                normals.append(_read_coordinates(h5, f, "normal"))
         ids += _shape_ids(f, len(labels[-1]))
     size = min(p.shape[1] for p in points)  # files with different P: keep the common prefix
-    names_file = directory / "shape_names.txt"
-    names = read_names(names_file) if names_file.is_file() else CLASS_NAMES
     return CloudSet(torch.cat([p[:, :size] for p in points]), torch.cat(labels),
                     torch.cat([n[:, :size] for n in normals]) if use_normals else None, ids, names)
 
@@ -118,6 +141,9 @@ def _cached(path: Path | None, key: dict, build) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a shared cache must stay readable
             with os.fdopen(fd, "wb") as fh:
                 torch.save(blob, fh)
             os.replace(tmp, path)
@@ -204,17 +230,50 @@ def read_off_dir(directory: Path, split: str, points_per_shape: int = 2048,
     return CloudSet(blob["points"], blob["labels"], blob["normals"], blob["shape_ids"])
 
 
+def _parse_text_lines(path: Path, lines: list[tuple[int, str]]) -> np.ndarray:
+    """Careful path of :func:`_read_text_cloud`: ``(len(lines), 6)``, failing at the first bad line."""
+    values = np.empty((len(lines), 6), dtype=np.float32)
+    for i, (lineno, line) in enumerate(lines):
+        row = line.replace(",", " ").split()
+        if len(row) != 6:
+            raise ValueError(f"{path}:{lineno}: expected 'x,y,z,nx,ny,nz', got {line.strip()!r}")
+        try:
+            values[i] = np.asarray(row, dtype=np.float32)
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: non-numeric values in {line.strip()!r}") from None
+    return values
+
+
 def _read_text_cloud(path: Path, n: int | None) -> np.ndarray:
+    """The first ``n`` points (all if ``None``) of a text cloud as ``(n, 6)`` float32 ``x,y,z,nx,ny,nz``.
+
+    Fails naming the file and line of a malformed or non-finite point, or the file if it has fewer
+    than ``n`` points.
+    """
     with path.open() as fh:
-        lines = [line for line in itertools.islice(fh, n) if line.strip()]
-    try:
-        values = np.asarray(" ".join(lines).replace(",", " ").split(), dtype=np.float32)
-        return values.reshape(len(lines), 6)
+        lines = list(itertools.islice(((i, line) for i, line in enumerate(fh, 1) if line.strip()), n))
+    try:  # fast path: six numbers on every line (ragged or non-numeric lines raise)
+        values = np.asarray([line.replace(",", " ").split() for _, line in lines],
+                            dtype=np.float32).reshape(len(lines), 6)
     except ValueError:
-        for i, line in enumerate(lines, 1):
-            if len(line.replace(",", " ").split()) != 6:
-                raise ValueError(f"{path}:{i}: expected 'x,y,z,nx,ny,nz', got {line.strip()!r}") from None
-        raise ValueError(f"{path}: non-numeric values") from None
+        values = _parse_text_lines(path, lines)
+    bad = _nonfinite_rows(values)
+    if bad.size:
+        lineno, line = lines[bad[0]]
+        raise ValueError(f"{path}:{lineno}: NaN/inf values in {line.strip()!r}")
+    if n is not None and len(values) < n:
+        raise ValueError(f"{path}: {len(values)} points, fewer than points_per_shape={n}")
+    return values
+
+
+def _stack_clouds(files: list[Path], clouds: list[np.ndarray]) -> torch.Tensor:
+    """``(S, P, 6)`` from the clouds ``(P, 6)`` read from ``files``; fails unless all have ``P`` points."""
+    sizes = [len(c) for c in clouds]
+    if len(set(sizes)) > 1:  # only with points_per_shape=None
+        short = int(np.argmin(sizes))
+        raise ValueError(f"{files[short]}: {sizes[short]} points, but {files[int(np.argmax(sizes))]} has "
+                         f"{max(sizes)}; set points_per_shape <= {sizes[short]} to read as many from each")
+    return torch.from_numpy(np.stack(clouds)) if clouds else torch.zeros(0, 0, 6)
 
 
 def read_normal_resampled(directory: Path, split: str, points_per_shape: int | None = 2048,
@@ -238,9 +297,7 @@ def read_normal_resampled(directory: Path, split: str, points_per_shape: int | N
     name = f"normal_resampled_{split}_{points_per_shape}_v{CACHE_VERSION}_{key['files']}.pt"
 
     def build() -> dict:
-        clouds = [_read_text_cloud(f, points_per_shape) for f in files]
-        size = min(len(c) for c in clouds)
-        data = torch.from_numpy(np.stack([c[:size] for c in clouds]))
+        data = _stack_clouds(files, [_read_text_cloud(f, points_per_shape) for f in files])
         return {"points": data[..., :3].contiguous(), "normals": data[..., 3:].contiguous(),
                 "labels": torch.tensor([names.index(c) for c in classes], dtype=torch.long),
                 "shape_ids": ids}

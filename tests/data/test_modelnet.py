@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import h5py
@@ -64,6 +65,35 @@ def test_hdf5_foreign_prefix_normals_and_any_point_count(tmp_path):
     assert test.labels.tolist() == [0, 3, 39, 1, 2]
     with pytest.raises(ValueError, match="no 'normal' dataset"):
         load_split(tmp_path, "train", use_normals=True)
+
+
+def test_hdf5_rejects_nonfinite_normals_and_bad_labels(tmp_path):
+    def write(label: np.ndarray, normal: np.ndarray | None = None) -> None:
+        with h5py.File(tmp_path / "ply_data_train0.h5", "w") as h5:
+            h5["data"] = np.zeros((len(label), 4, 3), dtype=np.float32)
+            h5["label"] = label
+            h5["normal"] = np.zeros((len(label), 4, 3), dtype=np.float32) if normal is None else normal
+
+    normal = np.zeros((3, 4, 3), dtype=np.float32)
+    normal[1, 2, 0] = np.inf
+    write(np.array([[0], [1], [2]], dtype=np.uint8), normal)
+    assert len(load_split(tmp_path, "train")) == 3  # normals not read: not checked
+    with pytest.raises(ValueError, match=r"ply_data_train0\.h5: dataset 'normal' has NaN/inf coordinates "
+                                         r"in rows \[1\]"):
+        load_split(tmp_path, "train", use_normals=True)
+    for label, value, row in ([0, 45], 45, 1), ([-1, 0], -1, 0), ([0.0, 2.5], 2.5, 1):
+        write(np.array(label)[:, None])
+        with pytest.raises(ValueError, match=rf"ply_data_train0\.h5: dataset 'label' has values \[{value}\] "
+                                             rf"in rows \[{row}\], not class indices in \[0, 40\)"):
+            load_split(tmp_path, "train")
+    (tmp_path / "shape_names.txt").write_text("a\nb\nc\n")  # 3 classes: label 3 is out of range
+    write(np.array([[0], [3]]))
+    with pytest.raises(ValueError, match=r"values \[3\] in rows \[1\], not class indices in \[0, 3\)"):
+        load_split(tmp_path, "train")
+    with h5py.File(tmp_path / "ply_data_train0.h5", "w") as h5:  # one label short
+        h5["data"], h5["label"] = np.zeros((3, 4, 3), dtype=np.float32), np.zeros((2, 1), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"ply_data_train0\.h5: 2 labels for 3 shapes"):
+        load_split(tmp_path, "train")
 
 
 @needs_shared
@@ -138,12 +168,28 @@ def test_off_parser_robustness(tmp_path):
         "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 x 2\n": (6, "integer"),
         "OFF\n3 2 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n": (6, "expected 2 faces"),
         "OFF\nthree 1 0\n": (2, "integer counts"),
+        # right total token count, wrong columns per line: must not be reshaped into other vertices/faces
+        "OFF\n2 0 0\n0 0 0 1\n1 0\n": (4, "vertex 1 needs 3 coordinates"),
+        "OFF\n4 2 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2 3\n1 2 3\n": (8, "face needs >= 3 vertex indices"),
+        "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 99999999999999999999\n": (6, "out of range"),
+        "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 -1\n": (6, "out of range"),
     }
     for text, (line, message) in cases.items():
         bad = tmp_path / "bad.off"
         bad.write_text(text)
         with pytest.raises(ValueError, match=rf"bad\.off:{line}: .*{message}"):
             read_off(bad)
+
+
+def test_off_extra_columns_are_ignored(tmp_path):
+    """Colour columns after vertices/faces, on every line (fast path) or on some (careful path)."""
+    square = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]]
+    for colours in (["255 0 0"] * 4, ["1", "", "1", ""]):
+        mesh = tmp_path / "colour.off"
+        rows = "".join(f"{x} {y} {z} {c}\n" for (x, y, z), c in zip(square, colours, strict=True))
+        mesh.write_text(f"OFF\n4 2 0\n{rows}3 0 1 2 {colours[0]}\n3 0 2 3 {colours[1]}\n")
+        verts, faces = read_off(mesh)
+        assert verts.tolist() == square and faces.tolist() == [[0, 1, 2], [0, 2, 3]]
 
 
 def test_area_weighted_sampling():
@@ -228,7 +274,7 @@ def test_normal_resampled_reader(text_root, hdf5_test):
     expect = hdf5_test.points[rows["train"], :512] * 3.0 + 1.0
     assert torch.allclose(train.points, expect, atol=1e-5)
     dm = ModelNet40DataModule(str(base), num_points=256, use_normals=True, train_rotation="o3",
-                              val_fraction=0.0, cache_dir=str(base / "c"))
+                              val_fraction=0.0, points_per_shape=512, cache_dir=str(base / "c"))
     dm.setup()
     assert dm.format == "normal_resampled" and len(dm.datasets["val"]) == 2
     plain = ModelNet40(train, num_points=256, use_normals=True, seed=3)[1]
@@ -239,6 +285,42 @@ def test_normal_resampled_reader(text_root, hdf5_test):
     (base / "modelnet40_normal_resampled" / "airplane" / f"{sid}.txt").write_text("1,2,3,0,0,1\n1,2,3\n")
     with pytest.raises(ValueError, match=rf"{sid}\.txt:2: expected 'x,y,z,nx,ny,nz'"):
         load_split(base, "train")
+
+
+def _write_text_root(base: Path, clouds: dict[str, str]) -> Path:
+    """A normal_resampled root under ``base`` whose train split holds ``clouds`` (shape id -> file text)."""
+    root = base / "modelnet40_normal_resampled"
+    root.mkdir(parents=True)
+    (root / "modelnet40_shape_names.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    (root / "modelnet40_train.txt").write_text("\n".join(clouds) + "\n")
+    for sid, text in clouds.items():
+        path = root / sid.rsplit("_", 1)[0] / f"{sid}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_normal_resampled_bad_files_are_named(tmp_path):
+    """A short/empty/non-finite/misaligned file fails naming it (and the line), caching nothing."""
+    good, short = ("".join(f"{i},0,0,0,0,1\n" for i in range(n)) for n in (8, 3))
+    cases = {
+        short: r"bed_0001\.txt: 3 points, fewer than points_per_shape=8",
+        "": r"bed_0001\.txt: 0 points, fewer than points_per_shape=8",
+        "\n" + good.replace("2,0,0", "nan,0,0"): r"bed_0001\.txt:4: NaN/inf values in 'nan,0,0,0,0,1'",
+        good.replace("0,0,0,0,1\n1,0,0,0,0,1", "0,0,0,0,1,1\n0,0,0,0,1"): r"bed_0001\.txt:1: expected 'x,y,z",
+        good.replace("3,0,0", "3,x,0"): r"bed_0001\.txt:4: non-numeric values in '3,x,0,0,0,1'",
+    }
+    for n, (text, message) in enumerate(cases.items()):
+        base = tmp_path / str(n)
+        _write_text_root(base, {"airplane_0001": good, "bed_0001": text, "chair_0001": good})
+        with pytest.raises(ValueError, match=message):
+            load_split(base, "train", points_per_shape=8, cache_dir=base / "cache")
+        assert not (base / "cache").exists()
+    assert load_split(base, "train", points_per_shape=3).points.shape == (3, 3, 3)  # bad line 4 not read
+    _write_text_root(tmp_path / "all", {"airplane_0001": good, "bed_0001": good[12:], "chair_0001": good})
+    with pytest.raises(ValueError, match=r"bed_0001\.txt: 7 points, but .*airplane_0001\.txt has 8; "
+                                         r"set points_per_shape <= 7"):
+        modelnet_io.read_normal_resampled(tmp_path / "all" / "modelnet40_normal_resampled", "train", None)
 
 
 # ---------------------------------------------------------------- errors and config
@@ -290,6 +372,16 @@ def test_cache_key_mismatch_rebuilds(tmp_path):
     assert modelnet_io._cached(path, {"v": 1}, build)["x"] == 1 and len(calls) == 1
     assert modelnet_io._cached(path, {"v": 2}, build)["x"] == 2
     assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_cache_file_gets_the_usual_permissions(tmp_path):
+    """mkstemp makes 0600 files; a cache in a shared data dir must be readable as umask allows."""
+    old = os.umask(0o022)
+    try:
+        modelnet_io._cached(tmp_path / "c.pt", {"v": 1}, lambda: {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o644
 
 
 def test_file_fingerprint_sees_same_size_edits(tmp_path):
