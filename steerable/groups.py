@@ -187,6 +187,8 @@ class GroupSpec:
                     raise GroupError(f"field spec token {token!r} needs a parity suffix 'e' or 'o'")
                 rep = self.irrep(l, parity or "e")
             reps.extend([rep] * mult)
+        if not reps:
+            raise GroupError(f"field spec {spec!r} has no fields (every multiplicity is 0)")
         return reps
 
     def field_type(self, spec: str | FieldType, on: str = "space") -> FieldType:

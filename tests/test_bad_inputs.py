@@ -167,6 +167,21 @@ CASES: dict[str, Case] = {
     "empty batch into a model": (
         lambda tmp: QM9Model(**TINY_QM9)(molecule(torch.zeros(0, 3))),
         ValueError, r"empty batch: no points"),
+    "2-D positions into a 3-D conv": (
+        lambda tmp: ImplicitPointConv(build_group("o3"), "1x0e", "1x0e")(
+            torch.ones(4, 1), torch.zeros(4, 2), torch.tensor([[0, 1], [1, 0]])),
+        ValueError, r"pos must be \(N, 3\) for group 'o3', got \(4, 2\)"),
+    "edge attributes for another number of edges": (
+        lambda tmp: ImplicitPointConv(build_group("o3"), "1x0e", "1x0e", edge_attr_type="2x0e")(
+            torch.ones(4, 1), torch.zeros(4, 3), torch.tensor([[0, 1], [1, 0]]), edge_attr=torch.ones(3, 2)),
+        ValueError, r"edge_attr must be \(E, 2\) = \(2, 2\), got \(3, 2\)"),
+    "node attributes of the wrong width": (
+        lambda tmp: ImplicitPointConv(build_group("o3"), "1x0e", "1x0e", node_attr_type="2x0e")(
+            torch.ones(4, 1), torch.zeros(4, 3), torch.tensor([[0, 1], [1, 0]]), node_attr=torch.ones(4, 3)),
+        ValueError, r"node_attr must be \(N, 2\), got \(4, 3\)"),
+    "field spec without fields": (
+        lambda tmp: build_group("o3").field_type("0x0e"),
+        GroupError, r"'0x0e' has no fields"),
     "molecule with zero atoms inside a batch": (
         lambda tmp: QM9Model(**TINY_QM9)(Batch.from_data_list(
             [molecule(torch.rand(2, 3)), molecule(torch.zeros(0, 3)), molecule(torch.rand(2, 3))])),

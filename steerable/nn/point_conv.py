@@ -126,6 +126,10 @@ class ImplicitPointConv(MessagePassing):
                 f"expected features with {self.in_type.size} channels ({self.in_type}), got {tuple(x.shape)}"
             )
         pos_src, pos_dst = pos if isinstance(pos, tuple) else (pos, pos)
+        for name, points in (("pos", pos_src), ("pos_dst", pos_dst)):
+            if points.dim() != 2 or points.shape[1] != self.group.dim:
+                raise ValueError(f"{name} must be (N, {self.group.dim}) for group {self.group.name!r}, "
+                                 f"got {tuple(points.shape)}")
         src, dst = edge_index
         rel_pos = pos_src[src] - pos_dst[dst]
         attr = self._kernel_attributes(edge_attr, node_attr, src, dst)
@@ -146,6 +150,9 @@ class ImplicitPointConv(MessagePassing):
                 raise ValueError(
                     f"this layer was built with edge attributes of size {self.edge_attr_size}; pass edge_attr"
                 )
+            if edge_attr.shape != (src.numel(), self.edge_attr_size):
+                raise ValueError(f"edge_attr must be (E, {self.edge_attr_size}) = ({src.numel()}, "
+                                 f"{self.edge_attr_size}), got {tuple(edge_attr.shape)}")
             parts.append(edge_attr)
         if self.node_attr_size:
             if node_attr is None:
@@ -153,6 +160,9 @@ class ImplicitPointConv(MessagePassing):
                     f"this layer was built with node attributes of size {self.node_attr_size}; pass node_attr"
                 )
             attr_src, attr_dst = node_attr if isinstance(node_attr, tuple) else (node_attr, node_attr)
+            for attr in (attr_src, attr_dst):
+                if attr.dim() != 2 or attr.shape[1] != self.node_attr_size:
+                    raise ValueError(f"node_attr must be (N, {self.node_attr_size}), got {tuple(attr.shape)}")
             parts += [attr_src[src], attr_dst[dst]]
         return torch.cat(parts, dim=-1) if parts else None
 
