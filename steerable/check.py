@@ -96,12 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         valid = ", ".join(sorted({name for dim in dims for name in valid_group_names(dim)}))
         raise SystemExit(str(GroupError(f"unknown group {options['group']!r} for dim={options['dim']}; "
                                         f"valid: {valid}")))
+    numbers = {}
+    for key, kind in (("N", int), ("n_elements", int), ("seed", int), ("tol", float)):
+        try:
+            numbers[key] = kind(options[key])
+        except ValueError:
+            raise SystemExit(f"{key} must be {'an integer' if kind is int else 'a number'}, "
+                             f"got {options[key]!r}") from None
+    for name, dim in groups:  # a bad N (or the like) is one error, not one per cell
+        try:
+            group(name, dim, N=numbers["N"])
+        except GroupError as err:
+            raise SystemExit(str(err)) from None
     # Tiny tensors: one intra-op thread avoids OpenMP waits on busy machines (~10x faster here).
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = table(groups, int(options["N"]), int(options["n_elements"]), int(options["seed"]))
-    tol = float(options["tol"])
+        results = table(groups, numbers["N"], numbers["n_elements"], numbers["seed"])
+    tol = numbers["tol"]
     failed = {k: v for k, v in results.items() if isinstance(v, str) or (k[3] == "f32" and v > tol)}
     for (name, dim, kernel, dtype), value in failed.items():
         print(f"FAIL {name} (dim {dim}) {kernel} {dtype}: {value}")

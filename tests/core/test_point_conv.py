@@ -272,6 +272,10 @@ def test_check_cli_table(capsys):
         main(["group=nonsense", "dim=all"])
     with pytest.raises(SystemExit):
         main(["colour=red"])
+    with pytest.raises(SystemExit, match="N must be an integer, got 'x'"):
+        main(["group=so2", "N=x"])
+    with pytest.raises(SystemExit, match="needs an integer N >= 2"):  # one error, not one FAIL per cell
+        main(["group=cn", "dim=2", "N=1"])
 
 
 def test_a_call_in_inference_mode_does_not_poison_later_gradients():
