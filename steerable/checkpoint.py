@@ -80,12 +80,19 @@ def load_checkpoint(ckpt_path: str | Path, map_location: str | torch.device = "c
         ``(task, cfg)``: the task in eval mode and the run config it was trained with.
 
     Raises:
-        ConfigError: if the file is missing or was not written by ``steerable.train``.
+        ConfigError: if the file is missing, unreadable (truncated, corrupt, not a checkpoint) or was
+            not written by ``steerable.train``.
     """
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises anything from EOFError to UnpicklingError on a bad file
+        raise ConfigError(f"{path} is not a readable checkpoint: {_load_error_reason(err)}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        what = "no 'state_dict'" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        raise ConfigError(f"{path} is not a readable checkpoint: it holds {what}, not a Lightning checkpoint")
     if CONFIG_KEY not in checkpoint:
         raise ConfigError(f"{path} holds no '{CONFIG_KEY}' (was it written by steerable.train?)")
     cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
@@ -93,3 +100,13 @@ def load_checkpoint(ckpt_path: str | Path, map_location: str | torch.device = "c
     task.on_load_checkpoint(checkpoint)
     task.load_state_dict(checkpoint["state_dict"])
     return task.eval(), cfg
+
+
+def _load_error_reason(err: Exception) -> str:
+    """Why ``torch.load`` failed, in one short line (its weights-only refusal spans several paragraphs)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        text = "not a weights-only file: " + " ".join(detail.split()).split(". ")[0]
+    text = " ".join(text.split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -2,10 +2,13 @@
 
 ``input`` is an ``.xyz`` file, a directory of them, or a text file with one SMILES per line; the
 QM9 data module turns it into a batch (``steerable.data.qm9.molecules_to_batch``) exactly as in
-training. Predictions are printed in reporting units, one molecule per line.
+training. Predictions are printed in reporting units, one molecule per line, with 7 significant
+digits and at least 3 decimals (total energies of ~1e7 meV to 0.001 meV).
 """
 
 from __future__ import annotations
+
+import math
 
 import hydra
 import torch
@@ -50,7 +53,19 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (ConfigError, OmegaConfBaseException) as err:
         exit_with_error(err)
     for name, values in rows:
-        print(name, " ".join(f"{key}={value:.6g}" for key, value in values.items()))
+        print(format_prediction(name, values))
+
+
+def format_value(value: float) -> str:
+    """7 significant digits, and never fewer than 3 decimals: a total energy of ~1e7 meV keeps its
+    0.001 meV (``-11012345.679``), a dipole ``2.345678`` its 7 digits."""
+    magnitude = math.floor(math.log10(abs(value))) + 1 if value and math.isfinite(value) else 1
+    return f"{value:.{max(7, magnitude + 3)}g}"
+
+
+def format_prediction(name: str, values: dict[str, float]) -> str:
+    """One output line: ``name key=value key=value …``."""
+    return " ".join([name, *(f"{key}={format_value(value)}" for key, value in values.items())])
 
 
 def main() -> None:

@@ -5,12 +5,15 @@ Accepted inputs, by :func:`read_molecules`:
 - an ``.xyz`` file: line 1 the atom count, line 2 a comment, then ``El x y z`` per atom (Å).
   Extra columns (QM9's Mulliken charge) are ignored, as are lines after the atom block (QM9 files
   append frequencies, SMILES and InChI there), and QM9's ``*^`` exponent (``1.2*^-6``) is read.
-- a directory: every ``*.xyz`` inside, sorted by name.
+- a directory: every ``*.xyz`` file inside (any case of the suffix; sub-directories are skipped),
+  sorted by name.
 - any other file: one SMILES per line (optionally followed by a name); blank lines and ``#``
-  comments (at the start of a line or after whitespace: ``C#N`` is a triple bond) are skipped. Each is embedded in 3-D (ETKDGv3, fixed seed) and MMFF-optimised.
+  comments (at the start of a line or after whitespace: ``C#N`` is a triple bond) are skipped. Each
+  is embedded in 3-D (ETKDGv3, fixed seed) and MMFF-optimised.
 - a string that is none of these but parses as a SMILES: that one molecule.
 
-Malformed input raises ``ValueError`` that names the file and line (``path:line: message``).
+Malformed input raises ``ValueError`` that names the file and line (``path:line: message``), as do
+an unreadable or non-text file, an empty input and two atoms closer than :data:`MIN_DISTANCE` Å.
 Only H, C, N, O, F are accepted (the elements QM9 contains).
 """
 
@@ -33,6 +36,8 @@ from steerable.data.qm9_bonds import bonds_of_mol, perceive_bonds
 from steerable.data.qm9_raw import ATOMIC_NUMBERS, ELEMENTS
 
 EMBED_SEED = 0xF00D
+#: atoms closer than this (Å) are a duplicated line, not a molecule (QM9's shortest bond is ~0.96 Å)
+MIN_DISTANCE = 0.1
 COMMENT = re.compile(r"(?:^|\s)#")  # a comment starts a line or follows whitespace
 _Z_OF = dict(zip(ELEMENTS, ATOMIC_NUMBERS, strict=True))
 
@@ -82,11 +87,33 @@ def parse_xyz(text: str, source: str = "<xyz>") -> tuple[np.ndarray, np.ndarray]
             raise ValueError(f"{where}: expected 'element x y z', got {lines[number - 1].strip()!r}")
         z.append(_element(fields[0], where))
         pos.append([_coordinate(t, where) for t in fields[1:4]])
-    return np.array(z, dtype=np.int64), np.array(pos, dtype=np.float64)
+    pos = np.array(pos, dtype=np.float64)
+    _check_distances(pos, source)
+    return np.array(z, dtype=np.int64), pos
+
+
+def _check_distances(pos: np.ndarray, source: str) -> None:
+    """Refuse two atoms of ``pos (N, 3)`` closer than :data:`MIN_DISTANCE` (atom i is on line i + 2)."""
+    distance = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    close = np.argwhere(np.triu(distance < MIN_DISTANCE, k=1))
+    if len(close):
+        i, j = close[0]
+        raise ValueError(f"{source}:{j + 3}: atoms {i + 1} and {j + 1} are {distance[i, j]:.3g} Å apart "
+                         f"(< {MIN_DISTANCE} Å: a duplicated atom?)")
+
+
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; ``ValueError`` naming the file if it cannot be read or is binary."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def _xyz_molecule(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    z, pos = parse_xyz(path.read_text(), str(path))
+    z, pos = parse_xyz(_read_text(path), str(path))
     bonds, _, _ = perceive_bonds(z, pos)
     return z, pos, bonds
 
@@ -112,7 +139,7 @@ def embed_smiles(smiles: str, where: str) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def _smiles_lines(path: Path) -> list[tuple[str, tuple]]:
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         content = COMMENT.split(line, maxsplit=1)[0].strip()  # "#" inside a SMILES is a triple bond
         if not content:
             continue
@@ -125,9 +152,11 @@ def _smiles_lines(path: Path) -> list[tuple[str, tuple]]:
 
 
 def _read_raw(source: str) -> list[tuple[str, tuple]]:
+    if not source.strip():  # Path("") is the current directory
+        raise ValueError("input is empty: give an .xyz file, a directory of them, a SMILES file or a SMILES")
     path = Path(source)
     if path.is_dir():
-        files = sorted(path.glob("*.xyz"))
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() == ".xyz")
         if not files:
             raise ValueError(f"{path}: directory holds no .xyz files")
         return [(f.stem, _xyz_molecule(f)) for f in files]
@@ -135,7 +164,7 @@ def _read_raw(source: str) -> list[tuple[str, tuple]]:
         if path.suffix.lower() == ".xyz":
             return [(path.stem, _xyz_molecule(path))]
         return _smiles_lines(path)
-    if Chem.MolFromSmiles(source) is None or not source.strip():
+    if Chem.MolFromSmiles(source) is None:
         raise ValueError(f"{source!r} is not a file, a directory or a valid SMILES")
     return [(source, embed_smiles(source, "<smiles>"))]
 

@@ -140,6 +140,8 @@ class QM9DataModule(SplitDataModule):
     ):
         super().__init__()
         check_graph(graph)
+        if not radius > 0:  # also NaN; a radius graph would have no edges
+            raise ValueError(f"radius must be > 0 Å, got {radius}")
         self.targets = validate_targets(list(targets) if not isinstance(targets, str) else targets)
         if subset is not None and set(subset) - set(SPLIT_SIZES):
             raise ValueError(f"subset keys {sorted(subset)} must be among {list(SPLIT_SIZES)}")

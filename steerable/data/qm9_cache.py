@@ -4,8 +4,9 @@ The cache holds what does not depend on run knobs — geometry, perceived bonds,
 for a set of molecules (all of them, or the rows a ``subset`` run needs). Graph type, radius,
 targets and atomization are applied when the dataset is read, so they never invalidate it. The file
 name carries :data:`CACHE_VERSION`, the qm9pack version and the row set; the same keys are stored
-inside and checked on load. Files are written to a temporary name and renamed, so an interrupted
-write never leaves a file under the final name.
+inside and checked on load. Files are written to a temporary name unique across hosts and renamed,
+so an interrupted write never leaves a file under the final name, and writers on several hosts of a
+shared file system never remove each other's temporary files.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import socket
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when processing changes what the cache holds or how it is computed.
 CACHE_VERSION = 2
+#: A temporary file untouched this long (seconds) is a killed writer's leftover.
+STALE_TEMP_AGE_S = 24 * 3600.0
 
 
 def rows_key(rows: np.ndarray, total: int) -> str:
@@ -94,37 +100,50 @@ def process(raw: QM9Raw, rows: np.ndarray, workers: int = 2, progress: bool = Tr
     }
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def temp_prefix(path: Path) -> str:
+    """Name prefix of ``path``'s temporary siblings: ``.{name}.tmp-`` (then host, pid, random part)."""
+    return f".{path.name}.tmp-"
 
 
-def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Delete ``.{name}.tmp-<pid>`` siblings of ``path`` left by killed writers (pid not alive)."""
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+def remove_stale_temp_files(path: Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete temporary siblings of ``path`` last modified more than ``max_age_s`` ago.
+
+    Only age tells a killed writer's leftover from a live one: on a shared file system the writer
+    may run on another host, where its pid means nothing here.
+    """
+    removed, now = [], time.time()
+    for tmp in path.parent.glob(f"{temp_prefix(path)}*"):
+        try:
+            if now - tmp.stat().st_mtime > max_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # renamed or removed meanwhile by its writer
+            continue
     return removed
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary sibling, fsync, then ``os.replace`` onto ``path``.
 
-    Temporary files of writers that were killed (SIGKILL skips the cleanup below) are removed first.
+    The temporary name is unique across hosts (``.{name}.tmp-<host>-<pid>-<random>``, from
+    ``mkstemp``) and the file gets the usual ``0o666 & ~umask`` permissions. Leftovers of writers
+    killed more than a day ago (SIGKILL skips the cleanup below) are removed first.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    prefix = f"{temp_prefix(path)}{socket.gethostname()}-{os.getpid()}-"
+    descriptor, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as handle:
+        with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp's 0o600 would hide the cache from others
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())

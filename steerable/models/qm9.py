@@ -28,12 +28,30 @@ def natural_parity_spec(channels: int, band_limit: int, dim: int = 3) -> str:
     return "+".join(f"{channels}x{l}{'eo'[l % 2]}" for l in range(band_limit + 1))
 
 
+def reachable_symmetric_rank(readout: EquivariantLinear) -> int:
+    """Dimension of the symmetric 3×3 tensors that ``readout`` (features → std⊗std, ``(9, in)``) can
+    produce for some weights and inputs: 6 when every symmetric tensor is reachable; 1 for O(3) with
+    only 0e/1o features (isotropic ``c·I``: no 2e field reaches the ℓ=2 part)."""
+    linear = readout.linear
+    n_in = readout.in_type.size
+    with torch.no_grad():
+        unit = torch.eye(linear.weights.numel(), dtype=linear.weights.dtype)
+        columns = [linear.basisexpansion(w).reshape(9, n_in) for w in unit]  # each (9, in)
+        if linear.bias is not None:
+            columns.append(linear.bias_expansion.reshape(9, -1))
+        images = torch.cat(columns, dim=1).T.reshape(-1, 3, 3)  # every reachable output direction
+        symmetric = (images + images.transpose(1, 2)).reshape(-1, 9).double()
+    return int(torch.linalg.matrix_rank(symmetric)) if len(symmetric) else 0
+
+
 class QM9Model(nn.Module):
     """Implicit-kernel steerable network for molecular property prediction.
 
     Args:
-        group: group config (``name``, optional ``N``, ``maximum_frequency``), see ``conf/group``.
-        targets: target names (T of them); ``[polarizability_tensor]`` switches to the tensor output.
+        group: group config (``name``, optional ``N``, ``maximum_frequency``), see ``conf/group``; a
+            subgroup of O(3) (``dim: 3``): molecules are 3-D.
+        targets: target names (T of them; a bare string is one name); ``[polarizability_tensor]``
+            switches to the tensor output, which needs 2e features (``band_limit >= 2``) for its ℓ=2 part.
         num_atom_types: size of the atom one-hot ``x``.
         num_bond_types: size of the bond one-hot ``edge_attr``; ``None``: derived from ``graph``
             (4 bond classes, plus "no bond" for radius/full graphs).
@@ -72,7 +90,10 @@ class QM9Model(nn.Module):
         self_loops: bool = True,
     ):
         super().__init__()
-        targets = list(targets)
+        targets = [targets] if isinstance(targets, str) else list(targets)  # "lumo" is one target
+        if int(group.get("dim", 3)) != 3:
+            raise ValueError(f"QM9 positions are 3-D; group {group.get('name')!r} (dim={group['dim']}) "
+                             "acts on 2-D points: pick a 3-D group (e.g. group=o3)")
         output = "polarizability_tensor" if "polarizability_tensor" in targets else "scalars"
         if output == "polarizability_tensor" and len(targets) > 1:
             raise ValueError(
@@ -94,7 +115,8 @@ class QM9Model(nn.Module):
         node_t = f"{num_atom_types}x0e" if node_attrs else None
         self.embed = nn.Linear(num_atom_types, num_features)
         embed_type = g.field_type(f"{num_features}x0e")
-        feat_type = g.field_type(feature_spec or natural_parity_spec(num_features, band_limit, g.dim))
+        feat_spec = feature_spec or natural_parity_spec(num_features, band_limit, g.dim)
+        feat_type = g.field_type(feat_spec)
         block_args = dict(
             kernel=kernel, group=g, conv_kwargs=conv, edge_attr_type=edge_t, node_attr_type=node_t
         )
@@ -116,6 +138,12 @@ class QM9Model(nn.Module):
             tensor_rep = g.tensor(g.std_rep, g.std_rep)
             self.readout = EquivariantLinear(g.field_type(feat_type, on="fiber"), g.fiber.type(tensor_rep))
             self.output_type = g.gspace.type(tensor_rep)
+            if (rank := reachable_symmetric_rank(self.readout)) < 6:
+                raise ValueError(
+                    f"polarizability_tensor needs features that reach its anisotropic (ℓ=2, 2e) part; "
+                    f"feature type {feat_spec!r} reaches {rank} of the 6 symmetric components: "
+                    "set model.band_limit>=2 (or add 2e fields to model.feature_spec)"
+                )
 
     def forward(self, batch) -> torch.Tensor:
         """``batch → (B, T)`` scalars or ``(B, 9)`` symmetric tensors (invariant / equivariant)."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ast
 import math
+import os
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +288,9 @@ def test_limit_and_bad_arguments(data_dir):
         QM9DataModule(graph="knn")
     with pytest.raises(ValueError, match=r"per split must be >= 1, got \{'subset.val': 0\}"):
         QM9DataModule(subset={"train": 4, "val": 0})
+    for radius in (0.0, -1.0, float("nan")):  # a radius graph without edges
+        with pytest.raises(ValueError, match="radius must be > 0 Å"):
+            QM9DataModule(graph="radius", radius=radius)
 
 
 # --- cache -------------------------------------------------------------------------------------
@@ -325,12 +331,47 @@ def test_interrupted_or_corrupt_cache_is_not_trusted(raw, tmp_path, monkeypatch)
         qm9_cache.load_or_build(tmp_path, rows, NUM_MOLECULES, lambda: raw, progress=False)
     assert not path.exists() and list(path.parent.iterdir()) == []
     monkeypatch.setattr(qm9_cache.torch, "save", real_save)
-    stale = path.with_name(f".{path.name}.tmp-999999999")  # left by a SIGKILLed writer
+    stale = path.with_name(f".{path.name}.tmp-otherhost-999999999-x1y2")  # left by a SIGKILLed writer
     stale.write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(stale, (two_days_ago, two_days_ago))
     path.write_bytes(b"PK\x03\x04 truncated")  # a corrupt file under the final name is rebuilt
     built = qm9_cache.load_or_build(tmp_path, rows, NUM_MOLECULES, lambda: raw, progress=False)
     assert built["name"] == raw.name[:5].tolist() and qm9_cache.load_checked(path, key) is not None
     assert sorted(path.parent.iterdir()) == [path]
+
+
+def test_live_writers_on_other_hosts_keep_their_temp_files(tmp_path):
+    """On a shared file system a pid from another host says nothing: only old temp files are removed,
+    and every writer's temp name is unique (host, pid, random part)."""
+    path = tmp_path / "qm9" / "cache.pt"
+    path.parent.mkdir()
+    writing = path.with_name(f".{path.name}.tmp-otherhost-999999999")  # pid not alive here, writer is
+    writing.write_bytes(b"being written")
+    qm9_cache.save_atomic({"x": torch.arange(3)}, path)
+    assert writing.read_bytes() == b"being written"
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(3))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by the other users of the cache
+
+    names = []
+    real_replace = os.replace
+
+    def record(src, dst):
+        names.append(Path(src).name)
+        real_replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(qm9_cache.os, "replace", record)
+        qm9_cache.save_atomic({"x": 1}, path)
+        qm9_cache.save_atomic({"x": 2}, path)
+    prefix = f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+    assert len(set(names)) == 2 and all(n.startswith(prefix) and len(n) > len(prefix) for n in names)
+    assert qm9_cache.remove_stale_temp_files(path) == [] and writing.exists()
+    old = time.time() - 2 * 86400
+    os.utime(writing, (old, old))
+    assert qm9_cache.remove_stale_temp_files(path) == [writing] and not writing.exists()
 
 
 # --- molecule readers --------------------------------------------------------------------------
@@ -371,7 +412,8 @@ def test_read_xyz_directory_and_smiles(tmp_path):
     assert math.isclose(batch.pos[3, 2].item(), 0.1173, rel_tol=1e-6)
 
     smiles = tmp_path / "list.smi"
-    smiles.write_text("# name column optional\nc1ccccc1 benzene\n\nO=C=O\nC#N hcn  # a triple bond, then a comment\n")
+    smiles.write_text("# name column optional\nc1ccccc1 benzene\n\nO=C=O\n"
+                      "C#N hcn  # a triple bond, then a comment\n")
     molecules = read_molecules(str(smiles), graph="radius", radius=3.0)
     assert [name for name, _ in molecules] == ["benzene", "O=C=O", "hcn"]
     assert sorted(molecules[2][1].z.tolist()) == [1, 6, 7]  # "#" is not a comment inside a SMILES
@@ -387,6 +429,42 @@ def test_read_xyz_directory_and_smiles(tmp_path):
         read_molecules(str(smiles))
     with pytest.raises(ValueError, match="not a file, a directory or a valid SMILES"):
         read_molecules(str(tmp_path / "missing.xyz"))
+
+
+def test_xyz_directory_skips_subdirectories_and_matches_any_suffix_case(tmp_path):
+    folder = tmp_path / "mols"
+    (folder / "nested.xyz").mkdir(parents=True)  # a directory, not a molecule
+    (folder / "CO2.XYZ").write_text(CO2_XYZ)
+    (folder / "water.xyz").write_text(WATER_XYZ)
+    (folder / "notes.txt").write_text("not a molecule")
+    names, batch = molecules_to_batch(str(folder))
+    assert names == ["CO2", "water"] and batch.num_graphs == 2
+
+
+@pytest.mark.parametrize("where", ["file", "directory", "smiles"])
+def test_binary_input_names_the_file(tmp_path, where):
+    binary = bytes(range(128, 256)) * 4
+    path = tmp_path / {"file": "mol.xyz", "directory": "mol.xyz", "smiles": "list.smi"}[where]
+    path.write_bytes(binary)
+    source = tmp_path if where == "directory" else path
+    with pytest.raises(ValueError, match=f"^{path}: not a text file"):
+        read_molecules(str(source))
+
+
+def test_empty_input_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "water.xyz").write_text(WATER_XYZ)  # would be read as the current directory
+    for source in ("", "  "):
+        with pytest.raises(ValueError, match="input is empty"):
+            read_molecules(source)
+
+
+def test_coincident_atoms_are_refused(tmp_path):
+    path = tmp_path / "dup.xyz"
+    path.write_text("4\nduplicated line\nO 0 0 0.1173\nH 0 0.7572 -0.4692\nH 0 -0.7572 -0.4692\n"
+                    "H 0 0.7572 -0.4199\n")
+    with pytest.raises(ValueError, match=r"dup.xyz:6: atoms 2 and 4 are 0.0493 Å apart \(< 0.1 Å"):
+        read_molecules(str(path))
 
 
 # --- configs -----------------------------------------------------------------------------------

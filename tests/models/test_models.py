@@ -92,7 +92,7 @@ def _clouds(generator: torch.Generator) -> Batch:
         ("o3", {"edge_attrs": True, "node_attrs": True}),
         ("so3", {"kernel": "analytic"}),
         ("cyl", {}),
-        ("o3", {"targets": ["polarizability_tensor"]}),
+        ("o3", {"targets": ["polarizability_tensor"], "band_limit": 2}),
     ],
 )
 def test_qm9_model_equivariance(group, kwargs):
@@ -102,6 +102,28 @@ def test_qm9_model_equivariance(group, kwargs):
     out = model(batch)
     assert out.shape == (3, 9 if "targets" in kwargs else 1)
     assert model_error(*_for_check(model, batch)) < TOL
+    if "targets" in kwargs:  # an isotropic c·I output would be equivariant too: it must not be one
+        tensors = out.detach().view(-1, 3, 3)
+        isotropic = tensors.diagonal(dim1=1, dim2=2).mean(1)[:, None, None] * torch.eye(3)
+        assert (tensors - isotropic).norm() > 1e-3 * tensors.norm()
+
+
+@pytest.mark.parametrize(("group", "kwargs"), [("o3", {}), ("so3", {"feature_spec": "4x0e+4x1o+4x1e"})])
+def test_qm9_polarizability_needs_2e_features(group, kwargs):
+    """Without 2e fields the readout can only produce c·I: refused at construction."""
+    with pytest.raises(ValueError, match=r"anisotropic \(ℓ=2, 2e\) part.* reaches 1 of the 6"):
+        QM9Model(group={"name": group}, targets=["polarizability_tensor"], num_features=4, num_blocks=1,
+                 conv=SMALL_CONV, **kwargs)
+
+
+def test_qm9_model_bare_target_string_is_one_target():
+    model = QM9Model(group={"name": "o3"}, targets="lumo", num_features=4, num_blocks=1, conv=SMALL_CONV)
+    assert model(_molecules(torch.Generator().manual_seed(0))).shape == (3, 1)
+
+
+def test_qm9_model_refuses_a_2d_group():
+    with pytest.raises(ValueError, match="QM9 positions are 3-D; group 'so2' \\(dim=2\\) acts on 2-D"):
+        QM9Model(group={"name": "so2", "dim": 2}, num_features=4, num_blocks=1, conv=SMALL_CONV)
 
 
 @pytest.mark.parametrize(
