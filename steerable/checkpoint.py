@@ -18,6 +18,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from steerable.config_checks import ConfigError
 
@@ -43,14 +44,15 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(node, **kwargs)`` with plain containers passed to the target.
 
     A ``ValueError``/``KeyError`` raised by the target's constructor (a bad option for this group,
-    an incompatible field type…), or a ``TypeError`` for an unexpected keyword argument, becomes a
+    an incompatible field type…), Lightning's ``MisconfigurationException`` (a bad Trainer option), or
+    a ``TypeError`` for an unexpected keyword argument, becomes a
     :class:`ConfigError` naming the config ``key``.
     """
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
-        if isinstance(cause, (ValueError, KeyError)) or (
+        if isinstance(cause, (ValueError, KeyError, MisconfigurationException)) or (
                 isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause)):
             raise ConfigError(f"{key}: {cause}") from err
         raise

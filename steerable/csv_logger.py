@@ -4,7 +4,8 @@ Lightning's ``CSVLogger`` deletes ``metrics.csv`` when its directory already hol
 resumed in its own run dir (``resume=auto`` / ``ckpt_path=last``) loses the learning curves of
 every epoch before the interruption. :class:`ResumableCSVLogger` keeps them: it appends to the
 existing file, and on its first write drops old rows from steps the resumed run is about to log
-again (work done after the checkpoint and lost with the kill).
+again (work done after the checkpoint and lost with the kill); a run that only tests (``train=false``,
+or a finished run re-run) replaces the old test rows and keeps the learning curves.
 
 It is the ``logger=csv`` default (``conf/logger/csv.yaml``; same arguments as Lightning's).
 """
@@ -12,6 +13,7 @@ It is the ``logger=csv`` default (``conf/logger/csv.yaml``; same arguments as Li
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger
@@ -31,20 +33,30 @@ class ResumingExperimentWriter(ExperimentWriter):
 
     def save(self) -> None:
         if self._resumed and self.metrics:
-            self._drop_rows_from(min(int(row["step"]) for row in self.metrics))
+            if all(_test_only(row) for row in self.metrics):  # a test of the run (train=false, finished
+                self._keep_rows(lambda row: not _test_only(row))  # run): replaces the old test rows only
+            else:  # training resumed: drop what was logged after the checkpoint, lost with the kill
+                step = min(int(row["step"]) for row in self.metrics)
+                self._keep_rows(lambda row: not row.get("step") or int(float(row["step"])) < step)
             self._resumed = False
         super().save()
 
-    def _drop_rows_from(self, step: int) -> None:
-        """Rewrite ``metrics.csv`` without rows logged at ``step`` or later (atomically)."""
+    def _keep_rows(self, keep: Callable[[dict[str, str]], bool]) -> None:
+        """Rewrite ``metrics.csv`` with only the rows ``keep`` accepts (atomically)."""
         with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
             reader = csv.DictReader(handle)
             fieldnames = reader.fieldnames or self.metrics_keys
-            rows = [row for row in reader if not row.get("step") or int(float(row["step"])) < step]
+            rows = [row for row in reader if keep(row)]
         with atomic_write(self.metrics_file_path, "w") as handle:
             writer = csv.DictWriter(handle, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
+
+
+def _test_only(row: dict) -> bool:
+    """Whether a metrics row holds test metrics only (besides ``step``/``epoch``)."""
+    keys = [k for k, v in row.items() if k not in ("step", "epoch") and v not in ("", None)]
+    return bool(keys) and all(k.startswith("test/") for k in keys)
 
 
 class ResumableCSVLogger(CSVLogger):

@@ -25,7 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from steerable.callbacks import SIGTERM_EXIT_CODE
 from steerable.checkpoint import (
     CONFIG_KEY,
     StoreConfig,
@@ -92,13 +94,17 @@ def resume_path(cfg: DictConfig) -> str | None:
 
 
 RECIPE_SECTIONS = ("group", "dataset", "model", "task", "seed")
+# how data is loaded, not what it is: may change between a run and its resume (another node, STEERABLE_ROOT)
+LOADER_KEYS = ("num_workers", "data_dir", "root", "progress", "processes")
 
 
 def check_same_recipe(ckpt: Path, cfg: DictConfig) -> None:
     """``resume=auto`` must not silently continue a *different* run that left a checkpoint in this dir.
 
+    Loader settings (:data:`LOADER_KEYS` of ``dataset``) may differ.
+
     Raises:
-        ConfigError: naming the sections whose values differ from the checkpoint's stored config.
+        ConfigError: naming the keys whose values differ from the checkpoint's stored config.
     """
     try:
         stored = torch.load(ckpt, map_location="cpu", weights_only=True).get(CONFIG_KEY)
@@ -107,10 +113,39 @@ def check_same_recipe(ckpt: Path, cfg: DictConfig) -> None:
     if stored is None:
         return
     current = plain_config(cfg)
-    differing = [key for key in RECIPE_SECTIONS if stored.get(key) != current.get(key)]
+    differing = [key for section in RECIPE_SECTIONS
+                 for key in _differing_keys(section, stored.get(section), current.get(section))]
     if differing:
         raise ConfigError(f"resume=auto: {ckpt} was written by a run with different {', '.join(differing)}; "
                           "use a fresh run dir, resume=never, or ckpt_path=… to resume it on purpose")
+
+
+def _differing_keys(section: str, stored: Any, current: Any) -> list[str]:
+    """Dotted keys of ``section`` whose values differ (a section that is not a dict: the section)."""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return [] if stored == current else [section]
+    skip = LOADER_KEYS if section == "dataset" else ()
+    return [f"{section}.{key}" for key in sorted(set(stored) | set(current))
+            if key not in skip and stored.get(key) != current.get(key)]
+
+
+def stored_fit_state(ckpt_path: str, monitor: str) -> dict[str, Any]:
+    """What a checkpoint says about its run's fit: ``stopped_early`` (an ``EarlyStopping`` callback
+    ended it), and ``best_path``/``best_score`` of the ``ModelCheckpoint`` that monitors ``monitor``."""
+    try:
+        states = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("callbacks", {})
+    except Exception:  # Lightning reports an unreadable checkpoint itself
+        return {}
+    state: dict[str, Any] = {"stopped_early": any(
+        key.startswith("EarlyStopping") and int(value.get("stopped_epoch", 0)) > 0
+        for key, value in states.items())}
+    for key, value in states.items():
+        if key.startswith("ModelCheckpoint") and value.get("monitor") == monitor \
+                and value.get("best_model_path"):
+            score = value.get("best_model_score")
+            state.update(best_path=value["best_model_path"],
+                         best_score=None if score is None else float(score))
+    return state
 
 
 def cluster_plugins() -> list[Any]:
@@ -168,6 +203,25 @@ def finish_wandb(loggers: list[Any], failed: bool) -> None:
             wandb.finish(exit_code=1 if failed else 0)
 
 
+def check_launch(resolved: dict[str, Any]) -> None:
+    """Refuse ``trainer=ddp`` (several devices) in a multirun of Hydra's local launcher.
+
+    Lightning starts ranks 1… by running the same command line again, ``-m`` included, so each rank
+    would launch the whole sweep in its own sweep dir. SLURM (``launcher=slurm``) starts the ranks as
+    tasks of each job instead.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    trainer = resolved.get("trainer") or {}
+    strategy, devices = str(trainer.get("strategy", "")), trainer.get("devices", 1)
+    launcher = str(OmegaConf.select(HydraConfig.get(), "launcher._target_", default=""))
+    if strategy.startswith("ddp") and "spawn" not in strategy and devices not in (1, "1", [0]) \
+            and launcher.endswith("BasicLauncher"):
+        raise ConfigError("trainer=ddp in a local multirun: Lightning starts the other ranks by re-running "
+                          "the command, -m included, so every rank would run the whole sweep; run the jobs "
+                          "one by one (without -m) or use launcher=slurm")
+
+
 def best_score_key(monitor: str) -> str:
     """``metrics.json`` key of the monitored metric's best value (``val/mae`` → ``val/mae_best``)."""
     return f"{monitor}_best"
@@ -188,6 +242,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     redact_saved_config()
     resolved = plain_config(cfg)
     check_config(resolved)
+    check_launch(resolved)
     ckpt_path = resume_path(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     configure_wandb(cfg)
@@ -197,8 +252,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg)
     try:
         metrics = _fit_and_test(cfg, resolved, ckpt_path, datamodule, task, loggers)
-    except BaseException:
+    except BaseException as err:
         finish_wandb(loggers, failed=True)
+        if isinstance(err, SIGTERMException) and err.code is None:  # Lightning's own, outside our
+            raise SIGTERMException(SIGTERM_EXIT_CODE) from err  # save window: still "killed", not 0
         raise
     finish_wandb(loggers, failed=False)
     return metrics
@@ -214,15 +271,23 @@ def _fit_and_test(cfg: DictConfig, resolved: dict[str, Any], ckpt_path: str | No
     for logger in loggers:
         logger.log_hyperparams(redact_secrets(resolved))
 
-    if cfg.train:
+    stored = stored_fit_state(ckpt_path, cfg.task.monitor) if ckpt_path else {}
+    # resume=auto in a run dir early stopping has ended: the run is finished (only tests), as when
+    # max_epochs was reached; Lightning itself would train on, since it does not save should_stop
+    fit = cfg.train and not (stored.get("stopped_early") and cfg.ckpt_path is None)
+    if fit:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     checkpointing = trainer.checkpoint_callback
-    if checkpointing is not None and checkpointing.best_model_score is not None:
-        metrics[best_score_key(checkpointing.monitor)] = float(checkpointing.best_model_score)
+    best_score = checkpointing.best_model_score if checkpointing is not None else None
+    best_score = stored.get("best_score") if best_score is None else float(best_score)
+    if best_score is not None:
+        metrics[best_score_key(cfg.task.monitor)] = best_score
     if cfg.test:
         best = checkpointing.best_model_path if checkpointing else ""
-        test_ckpt = best or (None if cfg.train else ckpt_path)
+        if not best and Path(stored.get("best_path") or "").is_file():  # not fitted now: the stored best
+            best = stored["best_path"]
+        test_ckpt = best or (None if fit else ckpt_path)
         trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     path = Path(cfg.paths.output_dir) / "metrics.json"

@@ -46,6 +46,20 @@ def cli(monkeypatch, tmp_path, capsys):
     (["+notes=hello"], "unknown top-level key 'notes'"),
     (["dataset.min_points=1"], "dataset: need 2 <= min_points <= max_points"),
     (["ckpt_path=/nonexistent.ckpt"], "no checkpoint at /nonexistent.ckpt"),
+    (["trainer.gradient_clip_algorithm=foo"], "trainer: `gradient_clip_algorithm` foo is invalid"),
 ])
 def test_bad_override_fails_fast_with_one_line(cli, overrides, expected):
     assert expected in cli(*overrides)
+
+
+def test_ddp_in_a_local_multirun_is_refused(monkeypatch, tmp_path, capsys):
+    """Lightning starts DDP ranks by re-running the command line, ``-m`` included: every rank would run
+    the whole sweep."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setenv("STEERABLE_ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["steerable.train", "-m", SEARCHPATH, "experiment=smoke", "seed=0",
+                                      "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(_hydra_main)
+    assert exit_info.value.code == 2
+    assert "error: trainer=ddp in a local multirun" in capsys.readouterr().err

@@ -277,3 +277,56 @@ def test_train_loader_is_replaced_once_per_trainer():
     assert isinstance(loader, ResumableLoader) and loader.sampler.seed == 2
     assert loader.progress.__self__ is second and len(list(loader)) == 4
     assert not isinstance(datamodule.val_dataloader(), ResumableLoader)
+
+
+class SigtermInValidation(pl.Callback):
+    """Test helper: SIGTERM during the validation of epoch 1 (outside the save-at-batch-end window)."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.current_epoch == 1 and not trainer.sanity_checking and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_validation_still_exits_143(tmp_path):
+    """Lightning stops on its own there, with a bare ``SIGTERMException`` (exit status 0): a killed
+    job must not look successful to SLURM or to the rest of a local sweep."""
+    kill = [f"+callbacks.kill._target_={__name__}.SigtermInValidation"]
+    with pytest.raises(SystemExit) as exit_info:
+        train(compose_run([*SMOKE, *kill], tmp_path))
+    assert exit_info.value.code == SIGTERM_EXIT_CODE
+    assert not (tmp_path / "metrics.json").exists()
+
+
+EARLY_STOP = ["callbacks=early_stopping", "callbacks.early_stopping.patience=1",
+              "callbacks.early_stopping.min_delta=1e6", "trainer.max_epochs=30"]  # stops after epoch 1
+
+
+def test_rerunning_an_early_stopped_run_only_tests(tmp_path):
+    first = train(compose_run([*SMOKE_CSV, *EARLY_STOP], tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    stopped = torch.load(last, weights_only=True)["global_step"]
+    assert stopped == 2 * 4
+    again = train(compose_run([*SMOKE_CSV, *EARLY_STOP], tmp_path))  # resume=auto, e.g. a requeue
+    assert torch.load(last, weights_only=True)["global_step"] == stopped
+    assert again["test/mae"] == pytest.approx(first["test/mae"], rel=1e-6)
+    assert again["val/mae_best"] == pytest.approx(first["val/mae_best"])
+
+
+def test_test_only_run_keeps_the_learning_curves_and_tests_the_best_checkpoint(tmp_path):
+    first = train(compose_run([*SMOKE_CSV, "seed=1"], tmp_path))
+    history = csv_history(tmp_path)
+    again = train(compose_run([*SMOKE_CSV, "seed=1", "train=false"], tmp_path))
+    assert csv_history(tmp_path) == history  # the test-only run did not trim the curves
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as handle:
+        assert sum(1 for row in csv.DictReader(handle) if row.get("test/mae")) == 1  # replaced, not added
+    assert again["test/mae"] == pytest.approx(first["test/mae"], rel=1e-6)
+
+
+def test_resume_accepts_loader_changes_and_names_what_differs(tmp_path):
+    from steerable.config_checks import ConfigError
+    from steerable.train import resume_path
+
+    train(compose_run(SMOKE, tmp_path))
+    assert resume_path(compose_run([*SMOKE, "dataset.num_workers=1"], tmp_path)).endswith("last.ckpt")
+    with pytest.raises(ConfigError, match=r"different dataset\.num_samples, seed;"):
+        resume_path(compose_run([*SMOKE, "dataset.num_samples=48", "seed=3"], tmp_path))
