@@ -1,5 +1,6 @@
 """Implicit steerable convolutions: G-steerable kernels produced by G-equivariant MLPs."""
 
+import hashlib
 import os
 
 # PyTorch's CPU allocator backs tensors ≥ 2 MB with transparent huge pages when this is set (read when
@@ -13,5 +14,19 @@ from omegaconf import OmegaConf  # noqa: E402
 
 # conf/paths/default.yaml: the directory the command was started in (absolute), for the default root
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+
+
+def path_id(path: str) -> str:
+    """A short stable id of a directory: the first 12 hex digits of the SHA-1 of its absolute path
+    (symlinks resolved).
+
+    conf/logger/wandb.yaml: the W&B run id of a run dir, so a resume or requeue in the same dir
+    continues the same W&B run (and each multirun job, in its own dir, gets its own).
+    """
+    absolute = os.path.realpath(os.path.expanduser(str(path)))
+    return hashlib.sha1(absolute.encode()).hexdigest()[:12]
+
+
+OmegaConf.register_new_resolver("path_id", path_id, replace=True)
 
 __version__ = "0.1.0"

@@ -100,6 +100,8 @@ def load_checkpoint(ckpt_path: str | Path, map_location: str | torch.device = "c
     cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
     task = build_model_and_task(cfg)
     task.on_load_checkpoint(checkpoint)
+    if {t.dtype for t in checkpoint["state_dict"].values() if t.is_floating_point()} == {torch.float64}:
+        task = task.double()  # trained at precision=64-true: keep every digit of the weights
     task.load_state_dict(checkpoint["state_dict"])
     return task.eval(), cfg
 

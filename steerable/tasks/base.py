@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -14,6 +15,10 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 Interval = Literal["epoch", "step"]
 Mode = Literal["min", "max"]
+# Lightning warns at every fit/test that the module's hook (BaseTask.on_after_batch_transfer) is used
+# although a datamodule was passed: intended (our datamodules do not define the hook)
+warnings.filterwarnings("ignore",
+                        message="You have overridden `on_after_batch_transfer` in `LightningModule` but")
 
 
 class BaseTask(pl.LightningModule):
@@ -46,6 +51,17 @@ class BaseTask(pl.LightningModule):
     def forward(self, batch) -> torch.Tensor:
         """Model output for a PyG ``Batch`` (subclasses map it to reporting units)."""
         return self.model(batch)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Cast a PyG batch's floating-point tensors to float64 when the module is (``precision=64-true``).
+
+        Lightning's double-precision plugin casts the module and plain tensors/collections, not the
+        tensors inside a PyG ``Data``/``Batch``. Other precisions leave the batch as it is (e.g. QM9
+        keeps float64 targets under float32 training).
+        """
+        if self.dtype == torch.float64 and hasattr(batch, "apply"):
+            batch = batch.apply(lambda t: t.double() if t.is_floating_point() else t)
+        return batch
 
     def _log_stage(self, stage: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log ``{stage}/{name}`` epoch means, each batch weighted by ``batch_size``.
