@@ -36,9 +36,9 @@ def test_same_recipe_resumes(tmp_path):
     assert resume_path(_cfg(tmp_path)).endswith("last.ckpt")
 
 
-def test_different_recipe_is_refused_with_the_differing_sections(tmp_path):
+def test_different_recipe_is_refused_with_the_differing_keys(tmp_path):
     _write_last(tmp_path, RECIPE)
-    with pytest.raises(ConfigError, match=r"different dataset, model"):
+    with pytest.raises(ConfigError, match=r"different dataset\.subset, model\.kernel"):
         resume_path(_cfg(tmp_path, dataset={"subset": 2000}, model={"kernel": "analytic"}))
 
 
