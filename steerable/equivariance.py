@@ -63,17 +63,18 @@ def point_module_error(
 ) -> float:
     """Max relative equivariance error of a point convolution ``module(x, pos, edge_index, **kwargs)``.
 
-    ``module`` exposes ``group``, ``in_type``, ``out_type``. Keyword inputs (edge/node attributes) are
-    treated as invariant.
+    ``module`` exposes ``group``, ``in_type``, ``out_type``. ``pos`` may be a ``(pos_src, pos_dst)`` pair
+    (bipartite graphs). Keyword inputs (edge/node attributes) are treated as invariant.
     """
     group = module.group
     with torch.no_grad():
         reference = module(x, pos, edge_index, **kwargs)
         errors = []
         for g in elements(group, n_elements, seed):
+            moved = tuple(p @ std_matrix(group, g, p).T for p in (pos if isinstance(pos, tuple) else (pos,)))
             out = module(
                 x @ rep_matrix(module.in_type, g, x).T,
-                pos @ std_matrix(group, g, pos).T,
+                moved if isinstance(pos, tuple) else moved[0],
                 edge_index,
                 **kwargs,
             )

@@ -323,3 +323,12 @@ def test_partly_dead_kernel_blocks_are_a_warning(caplog):
     with caplog.at_level("WARNING", logger="steerable.kernels.implicit"):
         ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e+1x1o", **SMALL)
     assert "identically zero" not in caplog.text
+
+
+def test_library_equivariance_check_takes_bipartite_pairs():
+    from steerable.equivariance import point_module_error
+
+    conv = ImplicitPointConv(group("o3"), "1x0e+1x1o", "1x0e+1x1o", **SMALL).eval()
+    x, pos_src, pos_dst = torch.randn(6, 4), torch.randn(6, 3), torch.randn(2, 3)
+    edge_index = torch.stack([torch.arange(6), torch.tensor([0, 0, 0, 1, 1, 1])])
+    assert point_module_error(conv, x, (pos_src, pos_dst), edge_index) < 1e-5
