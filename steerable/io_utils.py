@@ -3,7 +3,8 @@
 A reader therefore sees either the old file or the complete new one, never a truncated file —
 even if the writer is killed (SIGKILL) mid-write. The data caches have their own writers
 (:mod:`steerable.data.qm9_cache`, :mod:`steerable.data.modelnet_io`, :mod:`steerable.data.nbody_io`);
-this module serves everything else (checkpoints, plots, metrics) without importing those.
+this module serves everything else (checkpoints, plots, metrics) without importing those, and gives
+them :func:`usual_permissions`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def usual_permissions(fd: int) -> None:
+    """Give the open file ``fd`` the permissions a plain ``open`` would: ``0o666 & ~umask``.
+
+    ``tempfile.mkstemp`` creates its files ``0o600``; a data cache renamed from one would be unreadable
+    to the other users of a shared data dir. (The umask can only be read by setting it: set it back.)
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -37,6 +37,7 @@ from steerable.data.modelnet_layout import (
     find_layout,
     read_names,
 )
+from steerable.io_utils import usual_permissions
 
 __all__ = ["CLASS_NAMES", "CloudSet", "find_layout", "load_split", "read_hdf5", "read_normal_resampled",
            "read_off_dir", "sample_off"]
@@ -141,9 +142,7 @@ def _cached(path: Path | None, key: dict, build) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a shared cache must stay readable
+            usual_permissions(fd)
             with os.fdopen(fd, "wb") as fh:
                 torch.save(blob, fh)
             os.replace(tmp, path)

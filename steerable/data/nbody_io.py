@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from steerable.data.nbody_sim import SimConfig, initial_state, simulate
+from steerable.io_utils import usual_permissions
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
@@ -109,9 +110,7 @@ def save_atomic(path: Path, arrays: dict[str, np.ndarray], params: dict) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the cache the usual permissions
+        usual_permissions(fd)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, params=np.array(json.dumps(params, sort_keys=True)), **arrays)
             f.flush()

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from steerable.data.qm9_bonds import METHODS, perceive_bonds
 from steerable.data.qm9_raw import QM9Raw, qm9pack_version
+from steerable.io_utils import usual_permissions
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +123,6 @@ def remove_stale_temp_files(path: Path, max_age_s: float = STALE_TEMP_AGE_S) -> 
     return removed
 
 
-def _umask() -> int:
-    """The process's umask (read by setting it and setting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary sibling, fsync, then ``os.replace`` onto ``path``.
 
@@ -143,7 +137,7 @@ def save_atomic(obj: dict, path: Path) -> None:
     tmp = Path(name)
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp's 0o600 would hide the cache from others
+            usual_permissions(handle.fileno())
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
