@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from steerable.callbacks import mixed_seed
 from steerable.tasks.base import BaseTask, Interval, Mode, OptimizerFactory, SchedulerFactory
 from steerable.transforms import random_orthogonal, rotate_batch
 
@@ -60,7 +60,8 @@ class ClassificationTask(BaseTask):
                else ids.view(-1).tolist())
         self._graphs_seen += num_graphs
         per_graph = [random_orthogonal(self.hparams.tta_rotation, self.hparams.tta_samples,
-                                       tta_generator(self.hparams.tta_seed, int(sample_id)))
+                                       torch.Generator().manual_seed(
+                                           mixed_seed(self.hparams.tta_seed, int(sample_id), "tta")))
                      for sample_id in ids]
         return torch.stack(per_graph, dim=1)
 
@@ -85,12 +86,3 @@ class ClassificationTask(BaseTask):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._probabilities(batch)
 
-
-def tta_generator(seed: int, sample_id: int) -> torch.Generator:
-    """The generator of one graph's test-time rotations: a well-mixed function of ``(seed, sample_id)``
-    (numpy's ``SeedSequence``), so nearby ids and seeds give unrelated streams."""
-    state = np.random.SeedSequence([seed, sample_id, _TTA_STREAM]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
-_TTA_STREAM = 0x7A7A  # keeps these streams apart from other per-sample seeds (e.g. evaluation subsets)
