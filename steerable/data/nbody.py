@@ -4,7 +4,12 @@ Task (EGNN, Satorras et al. 2021, §5.1): from positions, velocities and charges
 frame ``frame_in`` predict their positions at ``frame_out``. With the defaults (frames every 100 steps of
 ``dt = 0.001``) ``frame_in = 30 → frame_out = 40`` is 1,000 integration steps, i.e. a time horizon of
 1.0. Our frame ``k`` is the state after ``100 k`` steps (frame 0 = initial state); EGNN's frame ``k``
-is the state after ``100 (k + 1)`` steps, so the two differ by a 100-step shift of the window.
+is the state after ``100 (k + 1)`` steps, so the two differ by a 100-step shift of the window
+(EGNN's ``30 → 40`` is our ``31 → 41``; the horizon, 1,000 steps, is the same). EGNN's simulator is a
+kick-drift leapfrog whose stored velocities lag the positions by half a step and which clips each
+force component to 100; ours is velocity Verlet with a clip of the force norm (O(3)-equivariant, see
+``nbody_sim``). Protocol (EGNN, SEGNN, CGENN): 3,000 training, 2,000 validation and 2,000 test
+trajectories of 5 particles; inputs positions, velocities, charges; MSE of the predicted positions.
 
 Each item is a fully connected graph without self loops:
 
@@ -17,7 +22,7 @@ Each item is a fully connected graph without self loops:
 
 CLI (generates all three splits into ``out``; any :class:`SimConfig` field may be given)::
 
-    python -m steerable.data.nbody out=data/nbody n_train=10000 n_val=2000 n_test=2000 seed=42 gen_workers=2
+    python -m steerable.data.nbody out=data/nbody n_train=3000 n_val=2000 n_test=2000 seed=42 gen_workers=2
 """
 
 from __future__ import annotations
@@ -104,7 +109,8 @@ class NBodyDataModule(SplitDataModule):
 
     Args:
         data_dir: cache folder for the generated ``.npz`` splits.
-        n_train, n_val, n_test: trajectories generated per split (default: 10000 / 2000 / 2000).
+        n_train, n_val, n_test: trajectories generated per split (default: 3000 / 2000 / 2000, the
+            EGNN/SEGNN/CGENN protocol).
         batch_size: graphs per batch (default: 100).
         num_workers: DataLoader workers (default: 0).
         seed: base seed; each split derives its own (see ``nbody_io``) (default: 42).
@@ -116,7 +122,7 @@ class NBodyDataModule(SplitDataModule):
             parameters, see :class:`~steerable.data.nbody_sim.SimConfig` (defaults: the EGNN setup).
     """
 
-    def __init__(self, data_dir: str, n_train: int = 10000, n_val: int = 2000, n_test: int = 2000,
+    def __init__(self, data_dir: str, n_train: int = 3000, n_val: int = 2000, n_test: int = 2000,
                  batch_size: int = 100, num_workers: int = 0, seed: int = 42, frame_in: int = 30,
                  frame_out: int = 40, limit: int | None = None, progress: bool = True, gen_workers: int = 1,
                  n_particles: int = 5, n_steps: int = 5000, dt: float = 0.001, sample_every: int = 100,
