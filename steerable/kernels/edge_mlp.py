@@ -2,7 +2,7 @@
 
 φ's per-edge work — direction powers and radial basis of the relative position, the radial window and
 every hidden layer (matmul, gated or norm nonlinearity, batch-norm moments) — is written here as
-functions of tensors, floats and tuples of ints (:class:`~steerable.nn.field_ops.FieldRun`). Eager
+functions of tensors, floats and tuples of ints (:class:`~steerable.fields.FieldRun`). Eager
 mode calls them as they are. :class:`EdgeMLPOps` with ``compiled=True`` runs them through
 ``torch.compile``, which fuses the elementwise passes around each matmul (forward and backward):
 on CPU those passes, not the matmuls, dominate φ. Because the functions are module-level and their
@@ -21,7 +21,7 @@ import shutil
 
 import torch
 
-from steerable.nn.field_ops import FieldRun, moments, runwise_nonlinearity
+from steerable.fields import FieldRun, moments, runwise_nonlinearity
 
 
 def edge_inputs(

@@ -33,10 +33,10 @@ from escnn.nn import FieldType
 from escnn.nn.init import generalized_he_init
 from torch import nn
 
+from steerable.fields import FieldBatchNorm, FieldLayout, build_nonlinearity, norm_affine
 from steerable.groups import GroupSpec
 from steerable.kernels.edge_mlp import EdgeMLPOps, radial_window
 from steerable.kernels.linear import EquivariantLinear
-from steerable.nn.field_ops import FieldBatchNorm, FieldLayout, build_nonlinearity, norm_affine
 
 log = logging.getLogger(__name__)
 

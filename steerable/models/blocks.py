@@ -12,9 +12,9 @@ import torch
 from escnn.nn import FieldType
 from torch import nn
 
+from steerable.fields import FieldBatchNorm, FieldLayout, build_nonlinearity
 from steerable.groups import GroupSpec
 from steerable.nn.analytic import AnalyticPointConv
-from steerable.nn.field_ops import FieldBatchNorm, FieldLayout, build_nonlinearity
 from steerable.nn.point_conv import ImplicitPointConv
 
 KERNELS = ("implicit", "analytic")

@@ -1,25 +1,21 @@
-"""Steerable layers: implicit point/grid convolutions, the analytic baseline, field-wise ops.
+"""Steerable layers: implicit point/grid convolutions and the analytic baseline.
 
-Names are resolved lazily (PEP 562) so that ``steerable.kernels`` can import
-``steerable.nn.field_ops`` without a circular import through the layers that use the kernels.
+The field-wise operations they use (batch norm, nonlinearities) live in :mod:`steerable.fields`, a
+layer below the kernels, and are re-exported here.
 """
 
-from importlib import import_module
+from steerable.fields import FieldBatchNorm, GatedNonlinearity, NormNonlinearity, build_nonlinearity
+from steerable.nn.analytic import AnalyticGridConv, AnalyticPointConv
+from steerable.nn.grid_conv import ImplicitGridConv
+from steerable.nn.point_conv import ImplicitPointConv
 
-_EXPORTS = {
-    "AnalyticGridConv": "steerable.nn.analytic",
-    "AnalyticPointConv": "steerable.nn.analytic",
-    "FieldBatchNorm": "steerable.nn.field_ops",
-    "GatedNonlinearity": "steerable.nn.field_ops",
-    "NormNonlinearity": "steerable.nn.field_ops",
-    "build_nonlinearity": "steerable.nn.field_ops",
-    "ImplicitGridConv": "steerable.nn.grid_conv",
-    "ImplicitPointConv": "steerable.nn.point_conv",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'steerable.nn' has no attribute {name!r}")
+__all__ = [
+    "AnalyticGridConv",
+    "AnalyticPointConv",
+    "FieldBatchNorm",
+    "GatedNonlinearity",
+    "ImplicitGridConv",
+    "ImplicitPointConv",
+    "NormNonlinearity",
+    "build_nonlinearity",
+]

@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from steerable.fields import norm_affine
 from steerable.kernels.implicit import ImplicitKernel, LinearWeights, fold_affine
 from steerable.nn.contraction import contract_messages, segment_layout
-from steerable.nn.field_ops import norm_affine
 
 
 def node_chunks(deg: torch.Tensor, max_edges: int) -> list[tuple[int, int, int, int]]:

@@ -18,11 +18,11 @@ from escnn.nn import FieldType, GeometricTensor
 from torch import nn
 from torch_geometric.nn import MessagePassing
 
+from steerable.fields import FieldLayout
 from steerable.groups import GroupSpec
 from steerable.kernels.implicit import ImplicitKernel
 from steerable.nn.chunked import chunked_messages
 from steerable.nn.contraction import contract_messages, segment_layout
-from steerable.nn.field_ops import FieldLayout
 
 PointPair = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 

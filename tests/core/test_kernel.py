@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from steerable.equivariance import rep_matrix, std_matrix
+from steerable.fields import FieldBatchNorm, GatedNonlinearity, NormNonlinearity
 from steerable.kernels import ImplicitKernel
 from steerable.kernels.edge_mlp import hidden_layer_t
 from steerable.nn.chunked import node_chunks
 from steerable.nn.contraction import segment_layout
-from steerable.nn.field_ops import FieldBatchNorm, GatedNonlinearity, NormNonlinearity
 from steerable.nn.point_conv import ImplicitPointConv
 from steerable.testing import group, group_id, relative_difference
 
