@@ -92,3 +92,10 @@ def test_egnn_trains_with_lightning(compose_cfg, overrides):
     key = "test/mse" if "experiment=nbody" in overrides else "test/homo_mae_meV"
     assert key in metrics and torch.isfinite(torch.tensor(metrics[key]))
     assert metrics["train/loss"] == metrics["train/loss"]  # not NaN
+
+
+def test_qm9_egnn_experiment_is_the_paper_size(compose_cfg):
+    cfg = compose_cfg(["experiment=qm9_homo_egnn", "logger=none"])
+    assert cfg.model._target_ == "steerable.models.egnn.EGNN"
+    assert (cfg.model.num_layers, cfg.model.hidden, cfg.model.attention) == (7, 128, True)
+    assert list(cfg.model.targets) == ["homo"] and cfg.task.loss == "l1"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Equal-budget runs of the implicit steerable models against EGNN, one process at a time.
+#
+#   experiments/peers/run.sh nbody-time [MAX_TIME]     # equal wall clock (default 00:00:10:00)
+#   experiments/peers/run.sh nbody-epochs [EPOCHS]     # equal epochs (default 20)
+#   experiments/peers/run.sh qm9-time [MAX_TIME]       # QM9 HOMO, bonds+atoms vs EGNN 7×128
+#
+# Each mode is one Hydra multirun under logs/peers/<mode>; the table then comes from
+#   python experiments/peers/make_table.py logs/peers/<mode> --out experiments/peers/<mode>.md
+# Threads: OMP_NUM_THREADS (default 1 here, so that runs on a shared machine are comparable).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mode=${1:?mode: nbody-time | nbody-epochs | qm9-time}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+python=${PYTHON:-.venv/bin/python}
+common=(callbacks=timed logger=csv callbacks.progress_bar=null "hydra.sweep.dir=logs/peers/$mode")
+case $mode in
+  nbody-time)
+    $python -m steerable.train -m experiment=nbody model=nbody,egnn trainer.max_epochs=100000 \
+      "trainer.max_time=${2:-00:00:10:00}" "${common[@]}" ;;
+  nbody-epochs)
+    $python -m steerable.train -m experiment=nbody model=nbody,egnn "trainer.max_epochs=${2:-20}" \
+      "${common[@]}" ;;
+  qm9-time)
+    $python -m steerable.train -m experiment=qm9_homo_bonds_atoms,qm9_homo_egnn trainer.max_epochs=100000 \
+      "trainer.max_time=${2:-00:00:10:00}" "${common[@]}" ;;
+  *) echo "unknown mode $mode" >&2; exit 2 ;;
+esac
+$python experiments/peers/make_table.py "logs/peers/$mode" --out "experiments/peers/$mode.md"
