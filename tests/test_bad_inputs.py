@@ -29,10 +29,10 @@ from steerable.data.modelnet_io import read_hdf5
 from steerable.data.modelnet_layout import find_layout
 from steerable.data.molecules import read_molecules
 from steerable.data.nbody_sim import SimConfig
+from steerable.geometry import knn_graph
 from steerable.groups import GroupError, build_group
 from steerable.io_utils import AtomicCheckpointIO
 from steerable.models.qm9 import QM9Model
-from steerable.nn.graph import knn_graph
 from steerable.nn.point_conv import ImplicitPointConv
 
 TINY_QM9 = {"group": {"name": "so3"}, "num_blocks": 1, "num_features": 4, "conv": {"channels": 4}}

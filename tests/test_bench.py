@@ -98,9 +98,9 @@ def test_nodewise_matches_reference_on_every_contraction_layout(aggr):
     """The bench compares the two paths; they must compute the same thing on fixed/padded/scatter layouts."""
     import torch
 
+    from steerable.geometry import knn_graph, radius_graph
     from steerable.groups import build_group
     from steerable.nn.contraction import segment_layout
-    from steerable.nn.graph import knn_graph, radius_graph
     from steerable.nn.point_conv import ImplicitPointConv
 
     gen = torch.Generator().manual_seed(0)

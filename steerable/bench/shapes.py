@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from steerable.nn.graph import knn_graph, radius_graph
+from steerable.geometry import knn_graph, radius_graph
 
 QM9_TYPES = "8x0e+8x1o"  # 8 × (ℓ ≤ 1) = 32 channels
 C32, C64 = "8x0e+8x1o", "16x0e+16x1o"

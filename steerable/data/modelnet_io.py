@@ -37,6 +37,7 @@ from steerable.data.modelnet_layout import (
     find_layout,
     read_names,
 )
+from steerable.geometry import farthest_point_sampling
 from steerable.io_utils import usual_permissions
 
 __all__ = ["CLASS_NAMES", "CloudSet", "find_layout", "load_split", "read_hdf5", "read_normal_resampled",
@@ -163,8 +164,6 @@ def sample_off(path: Path, n: int, sampling: str, seed: int, oversample: int = 4
     ``sampling="uniform"`` draws area-weighted points; ``"fps"`` draws ``oversample * n`` and keeps
     a farthest-point subset (more even coverage).
     """
-    from steerable.nn.graph import farthest_point_sampling
-
     if sampling not in OFF_SAMPLINGS:
         raise ValueError(f"unknown OFF sampling {sampling!r}; valid: {', '.join(OFF_SAMPLINGS)}")
     verts, faces = read_off(path)

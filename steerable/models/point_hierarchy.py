@@ -12,7 +12,7 @@ Stored per item (:class:`HierarchicalCloud`, a PyG ``Data`` that batches these f
 
 * ``hierarchy_keep_s (M_s,)``: indices of the kept points into level ``s − 1`` (level 0 = ``pos``);
 * ``hierarchy_edge_index_s (2, M_s·k)``: row 0 indexes level ``s − 1``, row 1 level ``s``; sorted by
-  target, then distance (:func:`steerable.nn.graph.knn_bipartite`);
+  target, then distance (:func:`steerable.geometry.knn_bipartite`);
 * ``hierarchy_spec (1, 3·S)``: ``(ratio·10⁶, k, sampling)`` per stage, so a model can refuse a
   hierarchy built for other stages.
 """
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from steerable.nn.graph import farthest_point_sampling, knn_bipartite, random_sampling
+from steerable.geometry import farthest_point_sampling, knn_bipartite, random_sampling
 
 SAMPLINGS = ("fps", "random")
 _KEEP, _EDGES, _SPEC = "hierarchy_keep_", "hierarchy_edge_index_", "hierarchy_spec"

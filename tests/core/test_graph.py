@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from steerable.nn.graph import (
+from steerable.geometry import (
     farthest_point_sampling,
     fully_connected_graph,
     knn_bipartite,
