@@ -11,25 +11,10 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from steerable.data.qm9_bonds import BOND_TYPES
-from steerable.data.qm9_raw import ATOMIC_NUMBERS
-
-GRAPHS: tuple[str, ...] = ("bonds", "radius", "full")
-NUM_ATOM_TYPES = len(ATOMIC_NUMBERS)
+from steerable.chem import ATOMIC_NUMBERS, NUM_ATOM_TYPES, check_graph, num_bond_types
 
 _Z_TO_TYPE = torch.full((max(ATOMIC_NUMBERS) + 1,), -1, dtype=torch.long)
 _Z_TO_TYPE[list(ATOMIC_NUMBERS)] = torch.arange(NUM_ATOM_TYPES)
-
-
-def num_bond_types(graph: str) -> int:
-    """Width of ``edge_attr``: 4 bond classes, plus "no bond" unless ``graph == "bonds"``."""
-    check_graph(graph)
-    return len(BOND_TYPES) + (graph != "bonds")
-
-
-def check_graph(graph: str) -> None:
-    if graph not in GRAPHS:
-        raise ValueError(f"unknown graph {graph!r}; choose from {list(GRAPHS)}")
 
 
 def atom_one_hot(z: Tensor) -> Tensor:

@@ -31,9 +31,9 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem
 from torch_geometric.data import Batch, Data
 
-from steerable.data.mol_graph import check_graph, molecule_data
+from steerable.chem import ATOMIC_NUMBERS, ELEMENTS, check_graph
+from steerable.data.mol_graph import molecule_data
 from steerable.data.qm9_bonds import bonds_of_mol, perceive_bonds
-from steerable.data.qm9_raw import ATOMIC_NUMBERS, ELEMENTS
 
 EMBED_SEED = 0xF00D
 #: atoms closer than this (Å) are a duplicated line, not a molecule (QM9's shortest bond is ~0.96 Å)

@@ -25,8 +25,9 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
+from steerable.chem import NUM_ATOM_TYPES, check_graph, num_bond_types
 from steerable.data import qm9_cache
-from steerable.data.mol_graph import NUM_ATOM_TYPES, check_graph, molecule_data, num_bond_types
+from steerable.data.mol_graph import molecule_data
 from steerable.data.molecules import molecules_to_batch, read_molecules
 from steerable.data.qm9_polarizability import to_coordinate_frame
 from steerable.data.qm9_raw import NUM_MOLECULES, read_qm9pack

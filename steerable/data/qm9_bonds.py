@@ -12,7 +12,7 @@ Order of attempts for one molecule (the method code is stored per molecule):
    reproduces it (QM9's ~440 zwitterions: charge-0 perception returns a neutral resonance form).
 3. Covalent-radius connectivity (``d ≤ 1.3 (r_i + r_j)``, Cordero radii), every bond "single".
 
-Bond types are integers: 0 single, 1 double, 2 triple, 3 aromatic (see :data:`BOND_TYPES`).
+Bond types are integers: 0 single, 1 double, 2 triple, 3 aromatic (see :data:`steerable.chem.BOND_TYPES`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import numpy as np
 from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem, rdDetermineBonds
 
-#: Bond classes in one-hot order; graphs with non-bonded edges add a last "none" class.
-BOND_TYPES: tuple[str, ...] = ("single", "double", "triple", "aromatic")
 METHODS: tuple[str, ...] = (
     "determine_bonds",
     "determine_bonds_hueckel",
@@ -114,7 +112,7 @@ def perceive_bonds(z: np.ndarray, pos: np.ndarray, smiles: str | None = None) ->
         smiles: the molecule's SMILES, if known (enables fallback 1 and the check below).
 
     Returns:
-        bonds: (B, 3) int64 ``(i, j, type)`` with i < j, type indexing :data:`BOND_TYPES`.
+        bonds: (B, 3) int64 ``(i, j, type)`` with i < j, type indexing :data:`steerable.chem.BOND_TYPES`.
         method: index into :data:`METHODS`.
         smiles_match: 1 if the perceived graph's canonical SMILES (stereo ignored) equals the given
             SMILES, 0 if not, -1 if no SMILES was given or it could not be parsed.

@@ -18,10 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-#: Element symbols QM9 contains, in one-hot order (H, C, N, O, F).
-ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F")
-#: Atomic numbers of :data:`ELEMENTS`.
-ATOMIC_NUMBERS: tuple[int, ...] = (1, 6, 7, 8, 9)
+from steerable.chem import ATOMIC_NUMBERS, ELEMENTS
 
 #: Raw CSV columns of the 12 standard targets, in the standard QM9 order.
 PROPERTY_COLUMNS: tuple[str, ...] = (

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steerable.data.qm9_raw import ATOMIC_NUMBERS, PROPERTY_COLUMNS
+from steerable.chem import ATOMIC_NUMBERS
+from steerable.data.qm9_raw import PROPERTY_COLUMNS
 
 #: meV per Hartree (CODATA 2018: 27.211386 eV).
 HARTREE_TO_MEV = 27_211.386

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from steerable.data.mol_graph import num_bond_types as bond_classes
+from steerable.chem import num_bond_types as bond_classes
 from steerable.groups import build_group
 from steerable.kernels.implicit import band_limited_spec
 from steerable.kernels.linear import EquivariantLinear
