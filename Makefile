@@ -14,7 +14,7 @@ else
   MAKE_VENV := .venv/bin/python
 endif
 
-.PHONY: help install train test test-slow bench lint clean
+.PHONY: help install train test test-slow bench gpu-check lint clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -28,32 +28,12 @@ $(MAKE_VENV):
 	    $(PYTHON_SYS) -m venv .venv; \
 	  else echo ">> python3 -m venv failed: install python3-venv (Debian) or activate a venv/conda env"; exit 1; fi; }
 
-# escnn's dependency py3nj compiles Fortran. Without gfortran (and no root to apt-get it) we install
-# escnn and steerable with --no-deps and every other dependency explicitly, and say so.
+# tools/install.py keeps an installed torch >= 2.3 (else installs torch==2.13.0, the CPU wheel on this
+# machine's Python 3.11), picks numpy 1 or 2 (2 on Python >= 3.13 or where numpy 2 is installed, building
+# escnn's lie_learn for it), installs gfortran/g++ with apt-get when root, and says what it did.
+# Overrides: make install NUMPY=1|2 TORCH="torch==2.5.1".
 install: $(MAKE_VENV) ## Install steerable (editable, with dev extras) into .venv or the active env
-	$(PY) -m pip install --upgrade pip "setuptools<81" wheel
-	@if ! command -v gfortran >/dev/null 2>&1 && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo ">> gfortran missing (needed by escnn -> py3nj): installing it with apt-get"; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gfortran; \
-	fi
-	@if ! command -v g++ >/dev/null 2>&1 && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo ">> g++ missing (torch.compile on CPU, model.conv.compile_mlp=true): installing it with apt-get"; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y g++; \
-	fi
-	$(PY) -m pip install torch==2.13.0
-	@if command -v gfortran >/dev/null 2>&1; then \
-	  $(PY) -m pip install -e ".[dev]"; \
-	else \
-	  echo ">> WARNING: gfortran missing and not root: installing escnn WITHOUT py3nj"; \
-	  echo ">> (escnn then uses its slower pure-Python Clebsch-Gordan code). Install gfortran and re-run."; \
-	  $(PY) -m pip install lie-learn pymanopt autograd && \
-	  $(PY) -m pip install --no-deps escnn==1.0.11 && \
-	  $(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-	    print("\n".join(r for r in p["dependencies"] + p["optional-dependencies"]["dev"] if not r.startswith("escnn")))' \
-	    > .deps-no-escnn.txt && \
-	  $(PY) -m pip install -r .deps-no-escnn.txt && rm -f .deps-no-escnn.txt && \
-	  $(PY) -m pip install --no-deps -e .; \
-	fi
+	$(PY) tools/install.py $(if $(NUMPY),--numpy $(NUMPY)) $(if $(TORCH),--torch "$(TORCH)")
 
 train: ## Train (default experiment); pass Hydra overrides via ARGS="trainer.max_epochs=1 ..."
 	$(PY) -m steerable.train $(ARGS)
@@ -67,6 +47,10 @@ test-slow: ## Slow tests only (training sweeps, real SLURM)
 
 bench: ## Benchmark node-wise vs per-edge kernel contraction
 	$(PY) -m steerable.bench $(ARGS)
+
+# DEVICE=cuda (default) writes experiments/gpu/report.{json,md}; DEVICE=cpu: tiny sizes, a temp out dir
+gpu-check: ## One-command GPU check (tests, bench, N-body, ModelNet): DEVICE=cuda|cpu OUT=dir ARGS="..."
+	DEVICE="$(DEVICE)" OUT="$(OUT)" bash tools/gpu_check.sh $(ARGS)
 
 lint: ## Ruff lint
 	$(PY) -m ruff check steerable tests
