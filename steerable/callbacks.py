@@ -8,41 +8,29 @@
   at the end of the epoch, which may be long after SLURM's grace period. Under submitit it does the
   same for the requeue signal (USR2) before handing it to submitit, which requeues the job.
 
-Both are in ``conf/callbacks/default.yaml``; see DESIGN.md §4 (seeds) and issue 8.
+Both are in ``conf/callbacks/default.yaml``; see DESIGN.md §4 (seeds). :class:`PlotsToLoggers` draws the
+run's plots at the end of ``fit``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import signal
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from steerable.seeding import mixed_seed, reseed_global
+
 log = logging.getLogger(__name__)
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 REQUEUE_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit / on preemption
-
-
-def mixed_seed(*parts: int | str) -> int:
-    """A 63-bit seed from a tuple of ints/strings (stable across processes and Python versions)."""
-    return zlib.crc32(repr(parts).encode()) | (zlib.adler32(repr(parts[::-1]).encode()) << 31)
-
-
-def reseed_global(seed: int) -> None:
-    """Seed the global torch, NumPy and ``random`` generators (what models and datasets draw from)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -279,7 +267,7 @@ class CheckpointOnSigterm(pl.Callback):
 
 
 class PlotsToLoggers(pl.Callback):
-    """At the end of ``fit``, draw the run's plots (:mod:`steerable.plot`) and send them to W&B.
+    """At the end of ``fit``, draw the run's plots (:mod:`steerable.run_plots`) and send them to W&B.
 
     The PNGs land in ``<run_dir>/plots/`` as with ``python -m steerable.plot``; with a W&B logger
     they are also logged as images under ``plots/``. Learning curves need the CSV logger (the default
@@ -298,7 +286,7 @@ class PlotsToLoggers(pl.Callback):
             return
         from pytorch_lightning.loggers import WandbLogger
 
-        from steerable.plot import plot_run
+        from steerable.run_plots import plot_run
 
         for logger in trainer.loggers:
             logger.save()  # flush the CSV rows of the last epoch

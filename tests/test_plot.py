@@ -14,7 +14,8 @@ import matplotlib.image
 import pytest
 from helpers.runs import compose_run
 
-from steerable.plot import default_checkpoint, main, plot_kernel, plot_run
+from steerable.plot import main
+from steerable.run_plots import default_checkpoint, plot_kernel, plot_run
 from steerable.train import train
 
 RUN = ["experiment=smoke", "dataset.kind=classification", "task=classification", "model=modelnet",

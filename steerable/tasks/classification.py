@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steerable.callbacks import mixed_seed
+from steerable.seeding import mixed_seed
 from steerable.tasks.base import BaseTask, Interval, Mode, OptimizerFactory, SchedulerFactory
 from steerable.transforms import random_orthogonal, rotate_batch
 
