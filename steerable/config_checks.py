@@ -186,12 +186,26 @@ def _check_conv_options(conv: Any) -> None:
                               f"{', '.join(valid)}")
 
 
+def _check_group(group: Any) -> None:
+    """``group`` holds only keys :func:`steerable.groups.build_group` knows, and ``N`` only where the
+    group has a rotation order (a stray key would otherwise be dropped, or fail deep inside the model)."""
+    from steerable.groups import GroupError, check_group_options
+
+    if not isinstance(group, Mapping):
+        return
+    try:
+        check_group_options(group)
+    except GroupError as err:
+        raise ConfigError(str(err)) from None
+
+
 def check_config(cfg: Mapping[str, Any]) -> None:
     """Validate a resolved run config (a plain dict without the ``hydra`` node).
 
     Raises:
-        ConfigError: on an unknown top-level key, a missing required group, an argument a
-            ``_target_`` does not accept, or a value outside a ``Literal[...]`` annotation.
+        ConfigError: on an unknown top-level key, a missing required group, an unknown ``group`` key
+            (or ``group.N`` for a group without one), an argument a ``_target_`` does not accept, or a
+            value outside a ``Literal[...]`` annotation.
     """
     for name in cfg:
         if name not in TOP_LEVEL_KEYS:
@@ -201,6 +215,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"config group {name!r} is missing or has no _target_; pick one with {name}=…")
     if cfg.get("resume") not in ("auto", "never"):
         raise ConfigError(f"invalid value resume={cfg.get('resume')!r}; valid: auto, never")
+    _check_group(cfg.get("group"))
     for name in ("dataset", "model", "task", "trainer", "logger", "callbacks"):
         _walk_targets(cfg.get(name), name)
     _check_conv_options(cfg["model"].get("conv"))

@@ -35,9 +35,11 @@ so ``cyl`` and ``so2_inv`` are one group.  On R² (``dim: 2``): ``so2, o2, cn, d
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -274,24 +276,53 @@ def _instantiate_irreps(group, band_limit: int) -> None:
             group.irrep(*irrep_id)
 
 
-def build_group(
-    name: str, dim: int = 3, N: int | None = None, maximum_frequency: int = 4, **_ignored
-) -> GroupSpec:
-    """Build (cached) the :class:`GroupSpec` for a registry name.
+GROUP_KEYS = ("name", "dim", "N", "maximum_frequency")  # what a ``conf/group/*.yaml`` may set
+
+
+def check_group_options(options: Mapping[str, object]) -> None:
+    """Refuse what :func:`build_group` cannot honour, without building anything.
 
     Args:
-        name: registry name, see the module docstring and :func:`valid_group_names`.
-        dim: 3 (subgroups of O(3)) or 2 (subgroups of O(2)).
-        N: order of the rotation subgroup for the discrete families (``cn``, ``dn``, ...).
-        maximum_frequency: band limit escnn uses for continuous groups' representations.
+        options: the keys of a ``conf/group/*.yaml`` (:data:`GROUP_KEYS`).
 
     Raises:
-        GroupError: unknown name (the message lists the valid ones) or missing/invalid ``N``.
+        GroupError: an unknown key (e.g. a misspelt ``maximum_frequency``), an unknown ``dim`` or
+            name (the message lists the valid ones), or ``N`` set for a group without a rotation order.
     """
+    unknown = sorted(set(options) - set(GROUP_KEYS))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], GROUP_KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise GroupError(f"unknown group key 'group.{unknown[0]}'{hint}; valid keys: {', '.join(GROUP_KEYS)}")
+    name, dim, n = options.get("name"), options.get("dim", 3), options.get("N")
     if dim not in _REGISTRY:
         raise GroupError(f"group dim must be 2 or 3, got {dim}")
     if name not in _REGISTRY[dim]:
         raise GroupError(f"unknown group {name!r} for dim={dim}; valid: {', '.join(valid_group_names(dim))}")
+    if name not in NEEDS_N and n is not None:
+        raise GroupError(f"group {name!r} has no rotation order N (only {', '.join(sorted(NEEDS_N))} do), "
+                         f"got N={n}; drop group.N or pick one of those groups")
+
+
+def build_group(
+    name: str, dim: int = 3, N: int | None = None, maximum_frequency: int = 4, **unknown: object
+) -> GroupSpec:
+    """Build (cached) the :class:`GroupSpec` for a registry name.
+
+    Takes the keys of a ``conf/group/*.yaml`` (:data:`GROUP_KEYS`) as keyword arguments.
+
+    Args:
+        name: registry name, see the module docstring and :func:`valid_group_names`.
+        dim: 3 (subgroups of O(3)) or 2 (subgroups of O(2)).
+        N: order of the rotation subgroup for the discrete families (:data:`NEEDS_N`: ``cn``, ``dn``,
+            ...); ``None`` for every other group.
+        maximum_frequency: band limit escnn uses for continuous groups' representations.
+
+    Raises:
+        GroupError: see :func:`check_group_options`; also a missing or invalid ``N`` for a family
+            that needs one.
+    """
+    check_group_options({"name": name, "dim": dim, "N": N, **unknown})
     return _build(name, dim, _rotation_order(name, N) if name in NEEDS_N else None, int(maximum_frequency))
 
 

@@ -25,7 +25,7 @@ from escnn.group import GroupElement
 from escnn.nn import FieldType, GeometricTensor
 
 from steerable.equivariance import elements, grid_module_error, relative_error, rep_matrix, std_matrix
-from steerable.groups import GroupSpec, build_group, valid_group_names
+from steerable.groups import NEEDS_N, GroupSpec, build_group, valid_group_names
 
 Pair = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 PointInputs = tuple[torch.Tensor, Pair, torch.Tensor]  # (x, pos, edge_index)
@@ -41,7 +41,7 @@ def group(name: str, dim: int = 3, N: int = N_DISCRETE) -> GroupSpec:
     """:func:`~steerable.groups.build_group` (cached) with ``N`` set for the discrete families."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_group(name, dim=dim, N=N)
+        return build_group(name, dim=dim, N=N if name in NEEDS_N else None)
 
 
 def group_id(param: tuple[str, int]) -> str:

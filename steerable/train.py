@@ -237,13 +237,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         produce again (e.g. re-running a finished run only tests).
 
     Raises:
-        ConfigError: on any config problem, before training starts.
+        ConfigError: on any config problem, before training starts; also ``train=false`` without a
+            checkpoint to test (it would test untrained weights).
     """
     redact_saved_config()
     resolved = plain_config(cfg)
     check_config(resolved)
     check_launch(resolved)
     ckpt_path = resume_path(cfg)
+    if not cfg.train and ckpt_path is None:
+        why = ("resume=never ignores the run dir's checkpoints" if cfg.resume == "never" else
+               f"{Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'} does not exist")
+        raise ConfigError(f"train=false would test untrained weights: {why}; run it in the trained run's "
+                          "dir with resume=auto, or pass ckpt_path=…")
     pl.seed_everything(cfg.seed, workers=True)
     configure_wandb(cfg)
     datamodule = build(cfg.dataset, "dataset")
@@ -320,12 +326,20 @@ def exit_with_error(err: BaseException) -> None:
     sys.exit(2)
 
 
+# The user's own HYDRA_FULL_ERROR, kept for the processes this one starts: Lightning starts DDP ranks
+# 1… by re-running the command with this process's environment, in which HYDRA_FULL_ERROR is 1.
+USER_FULL_ERROR = "STEERABLE_USER_HYDRA_FULL_ERROR"
+
+
 def run_cli(hydra_main: Callable[[], Any]) -> None:
     """Run a Hydra main function; config errors → ``error: <one line>`` on stderr, exit 2.
 
-    ``HYDRA_FULL_ERROR=1`` in the environment keeps full tracebacks.
+    ``HYDRA_FULL_ERROR=1`` in the environment keeps full tracebacks; DDP ranks started by this
+    process follow the user's setting too (one line each, unless the user asked for tracebacks).
     """
-    verbose = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    saved = {key: os.environ.get(key) for key in ("HYDRA_FULL_ERROR", USER_FULL_ERROR)}
+    os.environ.setdefault(USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "0"))
+    verbose = os.environ[USER_FULL_ERROR] == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # make Hydra raise instead of printing, so we can format
     try:
         check_override_choices(sys.argv[1:], CONF_DIR)
@@ -334,6 +348,12 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
         if verbose or isinstance(err, InstantiationException):
             raise
         exit_with_error(err)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

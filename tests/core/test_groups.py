@@ -109,7 +109,21 @@ def test_bad_arguments_raise_group_error(bad):
 
 def test_registry_is_cached():
     assert build_group("cn", N=N_DISCRETE) is build_group("cn", N=N_DISCRETE)
-    assert build_group("so3", N=7) is build_group("so3")  # N is ignored where it means nothing
+    assert build_group("so3", N=None) is build_group("so3")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(name="so3", maximum_frequncy=6),
+     r"unknown group key 'group\.maximum_frequncy' \(did you mean 'maximum_frequency'\?\); "
+     r"valid keys: name, dim, N, maximum_frequency"),
+    (dict(name="cn", N=4, order=6), r"unknown group key 'group\.order'"),
+    (dict(name="so3", N=7),
+     r"group 'so3' has no rotation order N \(only cn, cn_inv, cone_n, dn, dn_inv do\), got N=7"),
+    (dict(name="o2", dim=2, N=8), r"group 'o2' has no rotation order N"),
+])
+def test_unknown_group_keys_and_stray_N_are_refused(options, message):
+    with pytest.raises(GroupError, match=message):
+        build_group(**options)
 
 
 def test_spec_parsing_sizes():

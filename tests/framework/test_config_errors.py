@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -47,6 +49,11 @@ def cli(monkeypatch, tmp_path, capsys):
     (["dataset.min_points=1"], "dataset: need 2 <= min_points <= max_points"),
     (["ckpt_path=/nonexistent.ckpt"], "no checkpoint at /nonexistent.ckpt"),
     (["trainer.gradient_clip_algorithm=foo"], "trainer: `gradient_clip_algorithm` foo is invalid"),
+    (["+group.maximum_frequncy=6"], "unknown group key 'group.maximum_frequncy' (did you mean "
+                                    "'maximum_frequency'?); valid keys: name, dim, N, maximum_frequency"),
+    (["group=so3", "group.N=6"], "group 'so3' has no rotation order N"),
+    (["train=false"], "train=false would test untrained weights: "),
+    (["train=false", "resume=never"], "train=false would test untrained weights: resume=never ignores"),
 ])
 def test_bad_override_fails_fast_with_one_line(cli, overrides, expected):
     assert expected in cli(*overrides)
@@ -63,3 +70,25 @@ def test_ddp_in_a_local_multirun_is_refused(monkeypatch, tmp_path, capsys):
         run_cli(_hydra_main)
     assert exit_info.value.code == 2
     assert "error: trainer=ddp in a local multirun" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("user_setting", [None, "1"])
+def test_processes_a_run_starts_follow_the_users_hydra_full_error(monkeypatch, tmp_path, user_setting):
+    """Lightning starts DDP ranks 1… by re-running the command with the environment of rank 0's
+    process: a config error there is one line too, unless the user asked for tracebacks."""
+    if user_setting is None:
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    else:
+        monkeypatch.setenv("HYDRA_FULL_ERROR", user_setting)
+    monkeypatch.setattr(sys, "argv", ["steerable.train"])
+    inherited: dict[str, str] = {}
+    run_cli(lambda: inherited.update(os.environ))  # what a process started during the run gets
+    rank = subprocess.run([sys.executable, "-m", "steerable.train", SEARCHPATH, "group=so4"], env=inherited,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rank.returncode != 0
+    if user_setting is None:
+        assert rank.stderr.strip().startswith("error: unknown group 'so4'"), rank.stderr
+        assert rank.stderr.strip().count("\n") == 0, rank.stderr
+    else:
+        assert "Traceback" in rank.stderr
+    assert os.environ.get("HYDRA_FULL_ERROR") == user_setting  # restored for the rest of this process
