@@ -14,7 +14,7 @@ else
   MAKE_VENV := .venv/bin/python
 endif
 
-.PHONY: help install train test test-slow bench gpu-check lint clean
+.PHONY: help install train test test-slow bench wheelhouse gpu-check lint clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test-slow: ## Slow tests only (training sweeps, real SLURM)
 
 bench: ## Benchmark node-wise vs per-edge kernel contraction
 	$(PY) -m steerable.bench $(ARGS)
+
+wheelhouse: ## cp312 wheels a bare CUDA image lacks (escnn, lie_learn for numpy 2, Hydra) into wheelhouse/
+	$(PY) tools/wheelhouse.py --out wheelhouse
 
 # DEVICE=cuda (default) writes experiments/gpu/report.{json,md}; DEVICE=cpu: tiny sizes, a temp out dir
 gpu-check: ## One-command GPU check (tests, bench, N-body, ModelNet): DEVICE=cuda|cpu OUT=dir ARGS="..."
