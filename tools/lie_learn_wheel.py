@@ -31,7 +31,9 @@ from pathlib import Path
 FORK = "lie-learn-escience"
 FORK_VERSION = "0.0.5"
 # The wheel whose sources are used: any platform's carries the same .pyx, .py and .npy files.
-SOURCE_WHEEL_TAGS = ("--python-version", "3.12", "--platform", "manylinux_2_28_x86_64", "--implementation", "cp")
+SOURCE_WHEEL_TAGS = (
+    "--python-version", "3.12", "--platform", "manylinux_2_28_x86_64", "--implementation", "cp",
+)
 BUILD_DEPS = ("numpy>=2", "cython>=3", "setuptools<81", "wheel")
 
 SETUP_PY = '''\
@@ -46,7 +48,7 @@ extensions = [Extension(s[:-4].replace("/", "."), [s], include_dirs=[np.get_incl
 setup(
     name="lie_learn",
     version="{version}",
-    description="lie_learn (from {fork} {fork_version}) compiled with Cython 3 against numpy " + np.__version__,
+    description="lie_learn ({fork} {fork_version}) built with Cython 3 against numpy " + np.__version__,
     packages=find_packages(include=["lie_learn", "lie_learn.*"]),
     package_data={{"lie_learn": ["**/*.npy", "**/*.pyx"]}},
     # language_level 2: the sources were written for (and published as) Python-2 semantics of Cython 0.29.
@@ -113,7 +115,7 @@ def build(python: str, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the wheel")
-    parser.add_argument("--python", default=sys.executable, help="interpreter to build for (default: this one)")
+    parser.add_argument("--python", default=sys.executable, help="interpreter to build for")
     parser.add_argument("--install-build-deps", action="store_true",
                         help=f"pip install {' '.join(BUILD_DEPS)} into the target interpreter first")
     args = parser.parse_args(argv)
