@@ -88,6 +88,10 @@ class ImplicitKernel(nn.Module):
         nonlinearity: ``"gated"`` (default) or ``"norm"``; both exactly equivariant for every G.
         compile_mlp: run φ's per-edge work through ``torch.compile`` (:mod:`steerable.kernels.edge_mlp`):
             fused elementwise passes, same function; the first call compiles (seconds to a minute).
+        live_hidden_only: drop the hidden fields no input of φ reaches (every linear layer maps an irrep
+            only onto equal ones, so e.g. for O(3) with inputs 1o, 0e, 2e the 0o and 1e fields of the
+            default hidden type stay exactly zero): the same functions with fewer channels, i.e. a
+            smaller contraction dimension H (half for O(3), band_limit 1) and cheaper hidden layers.
 
     Types: φ input ``std^{⊗1..order} ⊕ n_rbf×trivial ⊕ attr_type``; φ hidden ``hidden``;
     φ output ``⊕_{i,j} ρ_out,i ⊗ ρ_in,j`` (``hom_type``).
@@ -114,6 +118,7 @@ class ImplicitKernel(nn.Module):
         batch_norm: bool = True,
         nonlinearity: str = "gated",
         compile_mlp: bool = False,
+        live_hidden_only: bool = False,
     ):
         super().__init__()
         if n_layers < 2:
@@ -132,10 +137,12 @@ class ImplicitKernel(nn.Module):
 
         fiber = group.fiber
         input_reps = [group.std_rep]
-        self._square_map: dict = {}
+        self._square_basis = None  # float64 master (numpy) of the square_basis buffer, see _apply
         if direction_order == 2:
             square_reps, self._square_basis = _symmetric_square(group)
             input_reps += square_reps
+        square = None if self._square_basis is None else torch.tensor(self._square_basis, dtype=torch.float32)
+        self.register_buffer("square_basis", square, persistent=False)
         input_reps += [fiber.trivial_repr] * n_rbf
         if attr_type is not None:
             input_reps += list(attr_type.representations)
@@ -145,8 +152,26 @@ class ImplicitKernel(nn.Module):
             hidden or band_limited_spec(channels, band_limit, group.dim), on="fiber"
         )
 
-        layers: list[nn.Module] = []
-        previous = self.input_type
+        self.mlp = self._hidden_layers(n_layers, nonlinearity, batch_norm)
+        if live_hidden_only:
+            live, layout = self._live_hidden().float(), FieldLayout(self.hidden_type)
+            field_live = torch.zeros(layout.num_fields).index_add(0, layout.field_of_channel, live) > 0
+            if not bool(field_live.all()):
+                reps = [rep for rep, keep in zip(self.hidden_type.representations, field_live.tolist())
+                        if keep]
+                self.hidden_type = fiber.type(*reps)
+                self.mlp = self._hidden_layers(n_layers, nonlinearity, batch_norm)
+
+        hom_reps, flat_index = self._hom_blocks()
+        _check_reachable(hom_reps, self.hidden_type, in_type, out_type)
+        self.hom_type = fiber.type(*hom_reps)
+        self.hom = EquivariantLinear(self.hidden_type, self.hom_type)
+        self.register_buffer("flat_index", flat_index, persistent=False)
+        self.register_buffer("hom_scale", self._initial_hom_scale(), persistent=False)
+
+    def _hidden_layers(self, n_layers: int, nonlinearity: str, batch_norm: bool) -> nn.Sequential:
+        """φ's ``n_layers - 1`` hidden layers ``input_type → hidden_type → … → hidden_type``."""
+        fiber, layers, previous = self.group.fiber, [], self.input_type
         for _ in range(n_layers - 1):
             gates = build_nonlinearity(nonlinearity, self.hidden_type)
             gated_type = fiber.type(
@@ -156,14 +181,7 @@ class ImplicitKernel(nn.Module):
             if batch_norm:
                 layers.append(FieldBatchNorm(self.hidden_type))
             previous = self.hidden_type
-        self.mlp = nn.Sequential(*layers)
-
-        hom_reps, flat_index = self._hom_blocks()
-        _check_reachable(hom_reps, self.hidden_type, in_type, out_type)
-        self.hom_type = fiber.type(*hom_reps)
-        self.hom = EquivariantLinear(self.hidden_type, self.hom_type)
-        self.register_buffer("flat_index", flat_index, persistent=False)
-        self.register_buffer("hom_scale", self._initial_hom_scale(), persistent=False)
+        return nn.Sequential(*layers)
 
     @property
     def hidden_size(self) -> int:
@@ -205,14 +223,21 @@ class ImplicitKernel(nn.Module):
     def _square_matrix(self, like: torch.Tensor) -> torch.Tensor:
         """``(k, d²)`` map vec(u⊗u) → symmetric-square irrep coefficients, in ``like``'s dtype/device.
 
-        Kept as float64 numpy and cast per (dtype, device), so a model cast to float64 gets full precision.
+        The ``square_basis`` buffer (it follows ``.to()``; see :meth:`_apply`), or, for inputs in another
+        dtype than the module's, the float64 master in theirs.
         """
-        key = (like.dtype, like.device)
-        if key not in self._square_map:
-            with torch.inference_mode(False):  # a normal tensor, usable by autograd after inference mode
-                square = torch.as_tensor(self._square_basis, dtype=like.dtype, device=like.device)
-            self._square_map[key] = square
-        return self._square_map[key]
+        if like.dtype == self.square_basis.dtype:
+            return self.square_basis
+        return torch.as_tensor(self._square_basis, dtype=like.dtype, device=like.device)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Casts and moves as usual; ``square_basis`` then comes from its float64 master in the buffer's new
+        dtype and device, so ``.double()`` gets it exact to float64 (not float32 values widened)."""
+        super()._apply(fn, recurse)
+        if self._square_basis is not None:
+            target = self.square_basis
+            self.square_basis = torch.as_tensor(self._square_basis, dtype=target.dtype, device=target.device)
+        return self
 
     def layers(self) -> list[tuple[nn.Module, nn.Module, FieldBatchNorm | None]]:
         """φ's hidden layers as ``(linear, nonlinearity, batch norm or None)`` triples (not the Hom)."""
