@@ -40,9 +40,9 @@ skipped="1" tests="3" time="2.5"><testcase classname="tests.test_cuda" name="tes
 def _bench_report() -> dict:
     """A bench JSON report in the shape ``python -m steerable.bench`` writes (two shapes, two models)."""
     summary = [dict(shape=name, nodes=8192, edges=8192 * k, c_in=64, reference_s=1.0, nodewise_s=0.05,
-                    chunked_s=0.1, speedup=20.0, chunked_speedup=10.0, reference_mb=8000.0, nodewise_mb=500.0,
-                    chunked_mb=50.0, memory_ratio=16.0, chunked_memory_ratio=160.0, contraction_gflops=5000.0,
-                    phi_share=0.5) for name, k in (("modelnet_k32_c64", 32), ("modelnet_k64_c64", 64))]
+                    speedup=20.0, reference_mb=8000.0, nodewise_mb=500.0, memory_ratio=16.0,
+                    contraction_gflops=5000.0, phi_share=0.5)
+               for name, k in (("modelnet_k32_c64", 32), ("modelnet_k64_c64", 64))]
 
     def row(graphs: int, rate: float) -> dict:
         return dict(graphs=graphs, points_per_graph=1024, train_graphs_per_s=rate,
@@ -97,7 +97,8 @@ def test_bench_metrics_summary_and_markdown():
                   stages=[r.to_dict() for r in stages.values()], notes=["a note"])
     text = markdown(report)
     assert text.startswith("# GPU check: NVIDIA H200")
-    assert "| modelnet_k64_c64 | 20.0× | 10.0× |" in text and "10.0% |" in text
+    row = "| modelnet_k64_c64 | 8192 | 524288 | 20.0× | 1.0000 / 0.0500 | 8000 / 500 | 16.0× | 5000 | 10.0% |"
+    assert row in text
     assert "60.0 / 10.0 clouds/s" in text and "200.0 / 100.0 molecules/s" in text
     assert "| QM9 training | not run: rdkit" in text and "- a note" in text
 

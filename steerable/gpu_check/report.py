@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+PATHS = ("reference", "nodewise")  # per-edge kernels, node-wise contraction
 STATUS_MARK = {"passed": "passed", "failed": "**FAILED**", "timeout": "**TIMEOUT**", "skipped": "skipped"}
 
 
@@ -26,10 +27,10 @@ def summarise(stages: dict[str, dict]) -> dict:
     shapes = {}
     for name, line in (bench.get("shapes") or {}).items():
         gflops = line.get("contraction_gflops")
-        shapes[name] = {"speedup_vs_per_edge": line.get("speedup"),
-                        "chunked_speedup_vs_per_edge": line.get("chunked_speedup"),
-                        "step_s": {p: line.get(f"{p}_s") for p in ("reference", "nodewise", "chunked")},
-                        "peak_mb": {p: line.get(f"{p}_mb") for p in ("reference", "nodewise", "chunked")},
+        shapes[name] = {"nodes": line.get("nodes"), "edges": line.get("edges"),
+                        "speedup_vs_per_edge": line.get("speedup"),
+                        "step_s": {p: line.get(f"{p}_s") for p in PATHS},
+                        "peak_mb": {p: line.get(f"{p}_mb") for p in PATHS},
                         "memory_ratio": line.get("memory_ratio"), "contraction_gflops": gflops,
                         "contraction_vs_matmul": gflops / matmul if gflops and matmul else None}
     models = bench.get("models") or {}
@@ -114,15 +115,15 @@ def markdown(report: dict) -> str:
                  f"peak {_f(s['nbody_peak_memory_mb'], '.0f')} MB |")
     if s["goal_shapes"]:
         lines += ["", "## Layer: node-wise vs per-edge at the ModelNet goal shapes", "",
-                  "| shape | speed-up | chunked speed-up | step s ref / node-wise / chunked | "
-                  "peak MB ref / node-wise / chunked | contraction GFLOP/s | of fp32 matmul |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| shape | N | E | speed-up | step s per-edge / node-wise | peak MB per-edge / node-wise | "
+                  "memory ratio | contraction GFLOP/s | of fp32 matmul |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, g in s["goal_shapes"].items():
             t, mb = g["step_s"], g["peak_mb"]
-            step = " / ".join(_f(t[p], ".4f") for p in ("reference", "nodewise", "chunked"))
-            peak = " / ".join(_f(mb[p], ".0f") for p in ("reference", "nodewise", "chunked"))
-            lines.append(f"| {name} | {_f(g['speedup_vs_per_edge'], '.1f')}× | "
-                         f"{_f(g['chunked_speedup_vs_per_edge'], '.1f')}× | {step} | {peak} | "
+            step = " / ".join(_f(t[p], ".4f") for p in PATHS)
+            peak = " / ".join(_f(mb[p], ".0f") for p in PATHS)
+            lines.append(f"| {name} | {g['nodes']} | {g['edges']} | {_f(g['speedup_vs_per_edge'], '.1f')}× | "
+                         f"{step} | {peak} | {_f(g['memory_ratio'], '.1f')}× | "
                          f"{_f(g['contraction_gflops'], '.0f')} | {_f(g['contraction_vs_matmul'], '.1%')} |")
     if s["model_speedup_vs_per_edge"]:
         lines += ["", "Whole models, node-wise vs per-edge: " + "; ".join(
