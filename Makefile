@@ -14,7 +14,7 @@ else
   MAKE_VENV := .venv/bin/python
 endif
 
-.PHONY: help install train test test-slow bench wheelhouse gpu-check lint clean
+.PHONY: help install train test test-smoke test-slow bench wheelhouse gpu-check lint clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,13 @@ train: ## Train (default experiment); pass Hydra overrides via ARGS="trainer.max
 # pytest exits 5 when no test was collected (e.g. ARGS="-k nothing"): not a failure
 test: ## Fast tests (everything not marked slow)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m "not slow" $(ARGS) || [ $$? -eq 5 ]
+
+# What CI also runs in a fresh Python 3.13 + numpy 2 environment: escnn's numbers against the stored
+# reference, core layers' and models' equivariance, one experiment trained through the command line.
+SMOKE_TESTS := tests/core/test_escnn_reference.py tests/core/test_linear.py tests/core/test_point_conv.py \
+  tests/models/test_models.py tests/framework/test_experiment_smoke.py
+test-smoke: ## Smoke subset (escnn reference values, core + model equivariance, a 2-step experiment)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m "not slow" $(SMOKE_TESTS) $(ARGS)
 
 test-slow: ## Slow tests only (training sweeps, real SLURM)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m slow $(ARGS) || [ $$? -eq 5 ]

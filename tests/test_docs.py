@@ -39,7 +39,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
-PYTHONS = {"python", "python3", ".venv/bin/python", "$(PY)"}
+PYTHONS = {"python", "python3", "python3.11", "python3.12", "python3.13", ".venv/bin/python", "$(PY)"}
 ENTRY_POINTS = {"steerable-train": "steerable.train", "steerable-evaluate": "steerable.evaluate",
                 "steerable-predict": "steerable.predict"}
 HYDRA_MODULES = {"steerable.train": "train", "steerable.evaluate": "evaluate", "steerable.predict": "predict"}
@@ -213,7 +213,7 @@ def check_module(module: str, args: list[str]) -> None:
         check_equivariance_args(args)
     elif module == "steerable.plot":
         check_plot_args(args)
-    elif module in ("pip", "pytest"):
+    elif module in ("pip", "pytest", "venv"):
         return
     else:
         raise DocCommandError(f"no dry-run check for `python -m {module}`: add one to tests/test_docs.py")
