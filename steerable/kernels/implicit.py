@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -66,6 +68,48 @@ class RadialWindow(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         return radial_window(r, self.log_width, self.cutoff)
+
+
+class SharedTrunk:
+    """φ's hidden layers shared by several kernels and, inside :meth:`scope`, evaluated once.
+
+    :func:`share_trunk` gives every kernel the first one's hidden layers and radial window (one set of
+    parameters; each kernel keeps its own Hom layer). Inside ``with trunk.scope():`` the first
+    :meth:`ImplicitKernel.hidden` call computes φ's last hidden activation and every later call returns
+    it, so the caller must feed every kernel the same edges and attributes there (the layers of a
+    network convolving over one graph); a call with another number of edges raises ``ValueError``.
+    Outside the scope each kernel evaluates the shared layers itself.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self.value: tuple | None = None
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        self.active, self.value = True, None
+        try:
+            yield
+        finally:
+            self.active, self.value = False, None
+
+
+def share_trunk(kernels: Sequence["ImplicitKernel"]) -> SharedTrunk:
+    """Make ``kernels`` share the first one's φ hidden layers and window (see :class:`SharedTrunk`).
+
+    Raises:
+        ValueError: when the kernels' φ input or hidden types differ (different edge/node attributes,
+            channels, band limits or groups cannot share one trunk).
+    """
+    owner, trunk = kernels[0], SharedTrunk()
+    for kernel in kernels:
+        if kernel.input_type != owner.input_type or kernel.hidden_type != owner.hidden_type:
+            raise ValueError(f"kernels with φ input/hidden types {kernel.input_type} / {kernel.hidden_type} "
+                             f"and {owner.input_type} / {owner.hidden_type} cannot share φ's hidden layers")
+        if [type(m) for m in kernel.mlp] != [type(m) for m in owner.mlp]:
+            raise ValueError("kernels with different φ layers (depth, batch norm) cannot share them")
+        kernel.mlp, kernel.window, kernel.trunk = owner.mlp, owner.window, trunk
+    return trunk
 
 
 class ImplicitKernel(nn.Module):
@@ -134,6 +178,7 @@ class ImplicitKernel(nn.Module):
         self.rbf_width = rbf_max / max(n_rbf - 1, 1)
         self.window = RadialWindow(window_width, cutoff)
         self.ops = EdgeMLPOps(compiled=compile_mlp)
+        self.trunk: SharedTrunk | None = None  # set by share_trunk
 
         fiber = group.fiber
         input_reps = [group.std_rep]
@@ -259,7 +304,23 @@ class ImplicitKernel(nn.Module):
         φ runs channels-first, ``(channels, E)``, so every field run is a contiguous block of rows.
 
         Shapes: ``rel_pos: (E, d) → (a·w)ᵀ (H, E), w (E,)``; affine: ``(scale (H,), shift (H,))`` or None.
+
+        Inside the :meth:`SharedTrunk.scope` of a shared trunk, computed once for all its kernels.
         """
+        trunk = self.trunk
+        if trunk is None or not trunk.active:
+            return self._hidden(rel_pos, attr)
+        if trunk.value is None:
+            trunk.value = self._hidden(rel_pos, attr)
+        elif trunk.value[0].shape[1] != rel_pos.shape[0]:
+            raise ValueError(f"a shared φ trunk evaluated on {trunk.value[0].shape[1]} edges was asked for "
+                             f"{rel_pos.shape[0]}: kernels sharing one trunk must see the same edges")
+        return trunk.value
+
+    def _hidden(
+        self, rel_pos: torch.Tensor, attr: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, Affine | None]:
+        """:meth:`hidden`, always evaluated."""
         activation, window = self._windowed_inputs(rel_pos, attr)
         edges, layers, affine = rel_pos.shape[0], self.layers(), None
         for depth, (linear, gate, norm) in enumerate(layers, start=1):

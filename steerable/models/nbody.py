@@ -8,12 +8,14 @@ particle's charge as a node attribute. Output: the position at frame t + Δ, pre
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from steerable.groups import build_group
+from steerable.kernels.implicit import share_trunk
 from steerable.models.blocks import SteerableBlock, add_self_loops, build_point_conv, check_batch
 from steerable.models.qm9 import natural_parity_spec
 
@@ -27,6 +29,9 @@ class NBodyModel(nn.Module):
         num_features, band_limit: hidden feature type ``num_features × (0e ⊕ 1o ⊕ …)``.
         num_layers: steerable blocks before the output convolution.
         edge_attrs: charge products into the kernel MLP; node_attrs: charges into the kernel MLP.
+        shared_phi: one set of φ hidden layers (and radial window) for every convolution, evaluated
+            once per forward (all convolutions see the same graph); each keeps its own Hom layer.
+            Implicit kernels only.
         conv: convolution options (see :class:`steerable.nn.ImplicitPointConv`).
 
     Batch fields: ``pos (N, 3)``, ``vel (N, 3)``, ``charge (N, 1)``, ``edge_index (2, E)``,
@@ -45,8 +50,11 @@ class NBodyModel(nn.Module):
         edge_attrs: bool = True,
         node_attrs: bool = True,
         conv: dict[str, Any] | None = None,
+        shared_phi: bool = False,
     ):
         super().__init__()
+        if shared_phi and kernel != "implicit":
+            raise ValueError(f"shared_phi needs implicit kernels (an MLP φ to share), got kernel={kernel!r}")
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
         self.edge_attrs, self.node_attrs = edge_attrs, node_attrs
@@ -68,6 +76,8 @@ class NBodyModel(nn.Module):
             kernel, g, feat_type, vector, conv, args["edge_attr_type"], args["node_attr_type"]
         )
         self.output_type = vector
+        convs = [block.conv for block in self.blocks] + [self.readout]
+        self.trunk = share_trunk([c.kernel for c in convs]) if shared_phi else None
 
     def forward(self, batch) -> torch.Tensor:
         """``batch → (N, 3)`` predicted positions."""
@@ -77,6 +87,7 @@ class NBodyModel(nn.Module):
         edge_index, edge_attr = add_self_loops(batch.edge_index, pos.shape[0], edge_attr)
         node_attr = batch.charge if self.node_attrs else None
         h = torch.cat([batch.vel, batch.charge], dim=-1)
-        for block in self.blocks:
-            h = block(h, pos, edge_index, edge_attr, node_attr)
-        return pos + self.readout(h, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr)
+        with self.trunk.scope() if self.trunk is not None else nullcontext():
+            for block in self.blocks:
+                h = block(h, pos, edge_index, edge_attr, node_attr)
+            return pos + self.readout(h, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr)

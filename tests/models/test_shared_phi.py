@@ -1,0 +1,63 @@
+"""``model.shared_phi``: the N-body convolutions share φ's hidden layers, evaluated once per forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_models import SMALL_CONV, _particles
+
+from steerable.equivariance import model_error
+from steerable.kernels.implicit import ImplicitKernel, share_trunk
+from steerable.models.nbody import NBodyModel
+
+
+def _model(shared: bool) -> NBodyModel:
+    torch.manual_seed(0)
+    return NBodyModel(group={"name": "o3"}, num_features=4, num_layers=2, conv=SMALL_CONV, shared_phi=shared)
+
+
+def test_trunk_runs_once_per_forward_and_matches_separate_evaluation(monkeypatch):
+    model = _model(True).train()
+    kernels = [b.conv.kernel for b in model.blocks] + [model.readout.kernel]
+    assert all(k.mlp is kernels[0].mlp and k.window is kernels[0].window for k in kernels)
+    assert len({id(k.hom) for k in kernels}) == len(kernels)  # each convolution keeps its Hom layer
+    calls = []
+    original = ImplicitKernel._hidden
+    monkeypatch.setattr(ImplicitKernel, "_hidden", lambda self, *a: calls.append(1) or original(self, *a))
+    batch = _particles(torch.Generator().manual_seed(3))
+    model.eval()
+    with torch.no_grad():
+        shared = model(batch)
+        assert len(calls) == 1
+        trunk, model.trunk = model.trunk, None  # every kernel evaluates the shared layers itself
+        separate = model(batch)
+        model.trunk = trunk
+    assert len(calls) == 1 + len(kernels)
+    torch.testing.assert_close(shared, separate, rtol=1e-6, atol=1e-6)
+
+
+def test_shared_phi_model_is_equivariant_and_smaller():
+    shared, plain = _model(True), _model(False)
+    assert sum(p.numel() for p in shared.parameters()) < sum(p.numel() for p in plain.parameters())
+    assert model_error(shared.eval(), _particles(torch.Generator().manual_seed(4))) <= 1e-5
+
+
+def test_gradients_reach_the_shared_layers_from_every_convolution():
+    model = _model(True).train()
+    out = model(_particles(torch.Generator().manual_seed(5)))
+    grads = torch.autograd.grad(out.square().sum(), [model.blocks[0].conv.kernel.mlp[0].linear.weights,
+                                                     model.readout.kernel.hom.linear.weights])
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_shared_trunk_refusals():
+    with pytest.raises(ValueError, match="shared_phi needs implicit kernels"):
+        NBodyModel(group={"name": "so3"}, kernel="analytic", num_features=4, num_layers=1, shared_phi=True)
+    model = _model(True)
+    kernel = model.blocks[0].conv.kernel
+    with model.trunk.scope(), pytest.raises(ValueError, match="must see the same edges"):
+        kernel.hidden(torch.randn(6, 3), torch.randn(6, 3))
+        kernel.hidden(torch.randn(7, 3), torch.randn(7, 3))
+    other = ImplicitKernel(kernel.group, kernel.in_type, kernel.out_type, channels=2)
+    with pytest.raises(ValueError, match="cannot share"):
+        share_trunk([kernel, other])
