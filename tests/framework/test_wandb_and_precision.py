@@ -88,3 +88,18 @@ def test_double_precision_trains_and_tests(compose_cfg, tmp_path, task):
                                                "dataset": {}, "output": str(tmp_path / "evaluated.json")}))
         # load_checkpoint keeps float64 weights in float64: the same numbers to rounding
         assert evaluated["test/mae"] == pytest.approx(metrics["test/mae"], rel=1e-12)
+
+
+def test_wandb_logger_prints_no_setting_warning(tmp_path, monkeypatch, capfd):
+    """``logger=wandb`` starts its W&B run without wandb's "anonymous setting has no effect" warning."""
+    from hydra.utils import instantiate
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    logger = instantiate(compose_run(WANDB, tmp_path).logger.wandb, offline=True)
+    try:
+        assert logger.experiment.id == compose_run(WANDB, tmp_path).logger.wandb.id
+    finally:
+        logger.experiment.finish()
+    assert "anonymous" not in capfd.readouterr().err
