@@ -1,6 +1,6 @@
 """Bad input → one clear error naming the problem; interrupted writes leave nothing a later run trusts.
 
-``CASES`` is the table of issue 8: each row builds a bad input, and the test asserts the exception
+``CASES`` is a table: each row builds a bad input, and the test asserts the exception
 type and (part of) its message. Inputs that *must work* (one atom, duplicate points) and the
 atomic-write checks follow the table. Command-line spellings of config errors (exit status 2,
 one line) are covered in ``tests/framework/test_config_errors.py``; here they are checked at the

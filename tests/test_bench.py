@@ -7,8 +7,8 @@ import json
 import pytest
 
 from steerable.bench.__main__ import main
+from steerable.bench.measure import timed_repeats
 from steerable.bench.report import format_table, memory_slopes, summarise
-from steerable.bench.worker import timed_repeats
 
 ROW_FIELDS = {"shape", "variant", "nodes", "edges", "c_in", "c_out", "step_s", "peak_mb", "tensor_peak_mb",
               "memory_method", "threads"}

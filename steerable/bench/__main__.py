@@ -1,4 +1,4 @@
-"""``python -m steerable.bench``: node-wise vs per-edge implicit conv vs escnn analytic conv (issue 5).
+"""``python -m steerable.bench``: node-wise vs per-edge implicit conv vs escnn analytic conv.
 
 For every shape (QM9-like molecules, ModelNet-like clouds, a scaling sweep over E at fixed N) the
 three variants run one after another, each in its own subprocess (:mod:`steerable.bench.worker`):
@@ -79,7 +79,7 @@ def run_worker(job: dict, timeout: float, inprocess: bool = False) -> dict:
 
 def dense_matmul_gflops(threads: int, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Achieved GFLOP/s of a square float32 ``torch.mm`` (the practical limit of this machine)."""
-    from steerable.bench.worker import median_time
+    from steerable.bench.measure import median_time
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from steerable.bench.measure import median_time, peak_memory_mb, tensor_peak_mb, timed_repeats
 from steerable.bench.report import memory_mb
 from steerable.bench.shapes import build_inputs, shape
 
@@ -121,7 +122,6 @@ def _prepared(job: dict, path: str) -> SimpleNamespace:
 
 def run_model_job(job: dict) -> dict:
     """Training and inference throughput (graphs/s) and training-step peak memory of one (model, path)."""
-    from steerable.bench.worker import median_time, peak_memory_mb, tensor_peak_mb, timed_repeats
     torch.set_num_threads(int(job["threads"]))
     if job.get("kind") == "model_pair":
         return run_paired_job(job)
@@ -155,7 +155,6 @@ def run_paired_job(job: dict) -> dict:
     Returns the per-round step times of each path and, per non-reference path, the median over
     rounds of ``reference time / path time`` (``paired_speedup``).
     """
-    from steerable.bench.worker import median_time, timed_repeats
     runs = {path: _prepared(job, path) for path in PATHS}
     for run in runs.values():  # warmup; compiles φ's graphs on the compiled path
         run.train()

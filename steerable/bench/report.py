@@ -1,4 +1,4 @@
-"""Summaries of benchmark rows: side-by-side table, goal checks (issue 5), memory slope, plot."""
+"""Summaries of benchmark rows: side-by-side table, goal checks (:data:`GOALS`), memory slope, plot."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def memory_slopes(rows: list[dict], family_prefix: str = "sweep", rss: bool = Fa
 
 
 def goals(lines: list[dict], slopes: dict, models: list[dict]) -> list[dict]:
-    """Issue 5's bars, each with the measured value and met / not met."""
+    """The speed and memory targets of :data:`GOALS`, each with the measured value and met / not met."""
     checks = []
 
     def add(name, value, target, higher=True):

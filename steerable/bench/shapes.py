@@ -28,7 +28,7 @@ def shape(name: str, family: str, graphs: int, points: int, graph: str, param: f
 
 
 def default_shapes(quick: bool = False, clouds: int = 2, sweep_points: int = 512) -> list[dict]:
-    """The shapes of issue 5: QM9-like, ModelNet-like and a scaling sweep over E at fixed N.
+    """The benchmark shapes: QM9-like, ModelNet-like and a scaling sweep over E at fixed N.
 
     Args:
         quick: tiny shapes for the smoke test (seconds in total).

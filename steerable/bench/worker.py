@@ -1,125 +1,26 @@
 """One measurement in a fresh process: ``python -m steerable.bench.worker '<json job>'``.
 
 Running every (shape, variant) in its own process keeps measurements independent. Timings are the
-median of several training steps after a warmup step. Then the CPU peak memory: the worker switches
-glibc to serve every allocation ≥ 64 KiB by mmap and trims the heap (so RSS follows live tensors, see
-:func:`_malloc_returns_memory`), resets the kernel's peak-RSS counter (``VmHWM``, by writing ``5`` to
-``/proc/self/clear_refs``), records ``VmRSS`` as the baseline, runs one more training step and reports
-``VmHWM − baseline``. Where ``clear_refs`` is unavailable it falls back to the ``ru_maxrss`` delta
-(which under-reports when an earlier step peaked higher). The result is one JSON line prefixed by
-``RESULT``.
-On a GPU (``job["device"] = "cuda"``) memory is ``torch.cuda.max_memory_allocated`` over
-``memory_allocated`` before the step, and timings synchronise the device.
+median of several training steps after a warmup step; one more training step then gives the peak
+memory (how both are measured: :mod:`steerable.bench.measure`). Model jobs (``kind`` other than
+``conv``) run :func:`steerable.bench.models.run_model_job`. The result is one JSON line prefixed by
+``RESULT``. On a GPU (``job["device"] = "cuda"``) timings synchronise the device.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
-import resource
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import torch
 
+from steerable.bench.measure import median_time, peak_memory_mb, tensor_peak_mb, timed_repeats
+from steerable.bench.models import run_model_job
 from steerable.bench.shapes import build_inputs
 
 MARK = "RESULT "
 VARIANTS = ("reference", "nodewise", "compiled", "chunked", "analytic")
 CHUNK_EDGES = 4096  # the ``chunked`` variant: node-wise with φ recomputed per chunk of ~4k edges
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
-def _sync(device: torch.device | str | None) -> None:
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_mb(fn: Callable[[], object], device: torch.device | str | None = None) -> tuple[float, str]:
-    """Peak memory (MB) that ``fn()`` adds on top of the memory in use before the call (RSS, or CUDA)."""
-    gc.collect()
-    if device is not None and torch.device(device).type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, "cuda.max_memory_allocated"
-    try:
-        exact = _malloc_returns_memory()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_mb("VmRSS")
-        fn()
-        return _status_mb("VmHWM") - base, "VmHWM-reset" + (", mmap>64KiB" if exact else "")
-    except OSError:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        fn()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base, "ru_maxrss"
-
-
-def tensor_peak_mb(fn: Callable[[], object]) -> float:
-    """Peak of the bytes held by tensors created during ``fn()`` (MB), from the torch profiler's memory
-    timeline: exact and the same in every process, unlike RSS (whose peak delta varied by ±10 MB between
-    processes for the same shape, from the allocator's state). Tensors that existed before count as 0,
-    and freeing them lowers the total. Counts tensor storage only (any device), no allocator overhead.
-    """
-    from torch.profiler import profile
-    from torch.profiler._memory_profiler import Action
-    gc.collect()
-    with profile(profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    live = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            live += size
-        elif action == Action.DESTROY:
-            live -= size
-        peak = max(peak, live)
-    return peak / 2**20
-
-
-def _malloc_returns_memory() -> bool:
-    """Make glibc serve every allocation ≥ 64 KiB by mmap and hand freed heap back (``malloc_trim``).
-
-    By default glibc raises its mmap threshold as large blocks are freed, after which tensors live on the
-    heap and RSS keeps pages that are free again: peak RSS then over-counts by whatever the heap
-    fragmented into (measured: a chunked conv whose live memory is flat in E showed ~1 kB/edge). With a
-    fixed low threshold RSS follows the live tensors. It slows allocation (page faults), so the worker
-    calls this only for the memory step, after the timings. False where glibc is not available.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = libc.mallopt(m_mmap_threshold, 64 * 1024) == 1 and libc.mallopt(m_trim_threshold, 64 * 1024) == 1
-    gc.collect()
-    libc.malloc_trim(0)
-    return ok
-
-
-def median_time(fn: Callable[[], object], repeats: int,
-                device: torch.device | str | None = None) -> tuple[float, list[float]]:
-    """Median wall time of ``repeats`` calls (s) and all the samples (device-synchronised)."""
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def build_conv(group, variant: str, in_type: str, out_type: str, kernel: dict) -> torch.nn.Module:
@@ -134,11 +35,6 @@ def build_conv(group, variant: str, in_type: str, out_type: str, kernel: dict) -
     if variant == "compiled":
         return ImplicitPointConv(group, in_type, out_type, path="nodewise", compile_mlp=True, **kernel)
     return ImplicitPointConv(group, in_type, out_type, path=variant, **kernel)
-
-
-def timed_repeats(cold_s: float, repeats: int, budget_s: float) -> int:
-    """How many timed steps fit the per-measurement budget (at least 1, at most ``repeats``)."""
-    return max(1, min(repeats, int(budget_s / max(cold_s, 1e-6))))
 
 
 def contraction_rate(conv, inputs: dict, repeats: int) -> dict:
@@ -222,13 +118,8 @@ def run_job(job: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     job = json.loads((argv or sys.argv[1:])[0])
-    result = run_job(job) if job.get("kind", "conv") == "conv" else _model_job(job)
+    result = run_job(job) if job.get("kind", "conv") == "conv" else run_model_job(job)
     print(MARK + json.dumps(result), flush=True)
-
-
-def _model_job(job: dict) -> dict:
-    from steerable.bench.models import run_model_job
-    return run_model_job(job)
 
 
 if __name__ == "__main__":

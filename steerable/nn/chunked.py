@@ -13,7 +13,7 @@ weights (the last one into the Hom layer); autograd then differentiates through 
 in the unchunked path. The price is recomputation: with L hidden layers, all normalised, layer ℓ runs in
 L − ℓ + 2 sweeps, each once more in backward. Measured (2 CPU threads, E = 65k, chunks of 4k edges):
 ≈1.1–1.6× the unchunked step without batch norm in φ, 1.9–4.9× with the default two normalised layers
-(bench, session 4: 1.9–4.9× for E ≥ 8k; the step's tensor memory stays at 13–28 MB up to E = 131k).
+(``make bench``: 1.9–4.9× for E ≥ 8k; the step's tensor memory stays at 13–28 MB up to E = 131k).
 (Returning the per-node sums ``A_i = Σ w a ⊗ x`` from the message sweep would save a sweep but was
 measured to keep ~1 kB/edge alive in backward.)
 """

@@ -1,4 +1,4 @@
-"""Kill a run mid-epoch, resume it, and get exactly the metrics of the uninterrupted run (issue 8).
+"""Kill a run mid-epoch, resume it, and get exactly the metrics of the uninterrupted run.
 
 Fast: in-process, SIGTERM sent to ourselves at a chosen step (the run saves and exits 143), then
 ``resume=auto``. Slow: a real ``python -m steerable.train`` subprocess killed with SIGTERM or
