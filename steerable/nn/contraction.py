@@ -13,11 +13,15 @@ without materialising the (E, H, C) tensor when the degree structure allows:
 * very skewed degrees (padding > 4× the edges): ``index_add`` of outer products (memory E·H·C).
 
 The layout (which of the three, degrees, padding slots) depends only on the graph; compute it once
-with :func:`segment_layout` and pass it to every aggregation over the same edges.
+with :func:`segment_layout` and pass it to every aggregation over the same edges. Choosing it reads
+the maximal degree on the host (a sync on an accelerator): :func:`cached_segment_layout` shares one
+analysis between the layers of a network that convolve over the same ``edge_index``.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +91,27 @@ def segment_layout(target: torch.Tensor, num_targets: int) -> SegmentLayout:
         slot = target * max_deg + (torch.arange(num_edges, device=target.device) - start[target])
         return SegmentLayout(num_targets, deg, "padded", width=max_deg, order=order, slot=slot)
     return SegmentLayout(num_targets, deg, "scatter", target=target)
+
+
+_last_layout = threading.local()  # per thread: (weakref to edge_index, key, layout) of the latest call
+
+
+def cached_segment_layout(edge_index: torch.Tensor, num_targets: int) -> SegmentLayout:
+    """:func:`segment_layout` of the targets ``edge_index[1]``, reused while the same graph comes back.
+
+    Remembers the latest graph only (per thread): the same ``edge_index`` tensor object, unmodified (its
+    version counter; inference tensors have none), with the same ``num_targets`` and in the same
+    inference mode gets the same layout, so the layers of one forward pass share one analysis (one host
+    sync instead of one per layer).
+    """
+    version = None if edge_index.is_inference() else edge_index._version
+    key = (version, num_targets, torch.is_inference_mode_enabled())
+    last = getattr(_last_layout, "value", None)
+    if last is not None and last[0]() is edge_index and last[1] == key:
+        return last[2]
+    layout = segment_layout(edge_index[1], num_targets)
+    _last_layout.value = (weakref.ref(edge_index), key, layout)
+    return layout
 
 
 def aggregate_outer_and_sum(h_t: torch.Tensor, x_src: torch.Tensor, weight: torch.Tensor | None,
