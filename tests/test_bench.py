@@ -126,3 +126,15 @@ def test_nodewise_matches_reference_on_every_contraction_layout(aggr):
                                                             if p.grad is not None]])
         for a, b in zip(*results, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_model_jobs_select_models_paths_and_the_paired_job():
+    from steerable.bench.models import model_jobs
+
+    jobs = model_jobs(True, 1, 1, 1.0, models=["qm9"], paths=("reference", "nodewise"), paired=False)
+    assert [(j["model"], j["path"]) for j in jobs] == [("qm9", "reference"), ("qm9", "nodewise")]
+    paired = model_jobs(True, 1, 1, 1.0, models=["modelnet"], paths=("reference", "nodewise"))
+    assert paired[-1]["kind"] == "model_pair" and paired[-1]["paths"] == ["reference", "nodewise"]
+    assert all(j["kind"] == "model" for j in model_jobs(True, 1, 1, 1.0, models=["qm9"], paths=("nodewise",)))
+    with pytest.raises(ValueError, match="unknown models/paths"):
+        model_jobs(True, 1, 1, 1.0, models=["qm10"])

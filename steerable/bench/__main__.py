@@ -26,6 +26,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from steerable.bench.models import MODELS, PATHS  # noqa: E402
 from steerable.bench.report import format_table, goals, machine_info, memory_slopes, plot, summarise  # noqa: E402
 from steerable.bench.shapes import default_shapes  # noqa: E402
 from steerable.bench.worker import MARK, VARIANTS  # noqa: E402
@@ -48,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ",".join(VARIANTS))
     p.add_argument("--only", default=None, help="comma list of shape-name prefixes to run")
     p.add_argument("--no-models", action="store_true", help="skip the whole-model throughput")
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of " + ",".join(MODELS))
+    p.add_argument("--model-paths", default=",".join(PATHS),
+                   help="comma list of the paths each model runs, of " + ",".join(PATHS))
+    p.add_argument("--no-paired", action="store_true",
+                   help="skip the paired job (the model paths' training steps interleaved in one process)")
     p.add_argument("--timeout-s", type=float, default=1200.0, help="per-subprocess timeout")
     p.add_argument("--inprocess", action="store_true",
                    help="run the jobs in this process (fast smoke test, not for figures: memory is less "
@@ -113,7 +119,8 @@ def run_convs(args: argparse.Namespace) -> list[dict]:
 def run_models(args: argparse.Namespace) -> list[dict]:
     from steerable.bench.models import model_jobs, summarise_models
     results = []
-    for job in model_jobs(args.quick, args.threads, args.repeats, args.budget_s, args.device):
+    for job in model_jobs(args.quick, args.threads, args.repeats, args.budget_s, args.device,
+                          args.models.split(","), tuple(args.model_paths.split(",")), not args.no_paired):
         if "skip" in job:
             print(f"  model {job['model']}: skipped ({job['skip']})", flush=True)
             results.append(job)
@@ -167,8 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"memory ÷{m['memory_ratio']:.2f} (nodewise vs reference)"
               + (f"; compiled φ: training ×{m['compiled_train_speedup']:.2f}, inference "
                  f"×{m['compiled_infer_speedup']:.2f}" if "compiled" in m else "")
-              + (f"; paired rounds: training ×{m['paired_train_speedup']:.2f} (compiled "
-                 f"×{m['paired_compiled_train_speedup']:.2f})" if "paired_train_speedup" in m else "")))
+              + (f"; paired rounds: training ×{m['paired_train_speedup']:.2f}"
+                 if m.get("paired_train_speedup") is not None else "")
+              + (f" (compiled ×{m['paired_compiled_train_speedup']:.2f})"
+                 if m.get("paired_compiled_train_speedup") is not None else "")))
     for g in report["goals"]:
         print(f"  goal {g['goal']}: {g['value']:.2f} vs {g['target']} -> {'met' if g['met'] else 'NOT met'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

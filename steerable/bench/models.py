@@ -46,10 +46,27 @@ def model_shapes(quick: bool) -> dict[str, dict]:
     return {"qm9": qm9, "modelnet": modelnet, "modelnet_graphs_in_step": modelnet}
 
 
-def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float, device: str = "cpu") -> list[dict]:
-    """One job per (model, path); a ``skip`` entry (with the reason) for models that do not import."""
+def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float, device: str = "cpu",
+               models: list[str] | tuple[str, ...] = tuple(MODELS), paths: tuple[str, ...] = PATHS,
+               paired: bool = True) -> list[dict]:
+    """One job per (model, path), then a paired job per model; a ``skip`` entry (with the reason) for
+    models that do not import.
+
+    Args:
+        models: names of :data:`MODELS` to run.
+        paths: paths of :data:`PATHS` each model runs (also those its paired job interleaves).
+        paired: add the paired job (needs ``reference`` and another path among ``paths``).
+
+    Raises:
+        ValueError: naming unknown models or paths.
+    """
+    unknown = [m for m in models if m not in MODELS] + [p for p in paths if p not in PATHS]
+    if unknown:
+        raise ValueError(f"unknown models/paths {unknown}: models are {list(MODELS)}, paths {list(PATHS)}")
     jobs = []
     for name, (module, cls) in MODELS.items():
+        if name not in models:
+            continue
         try:
             getattr(importlib.import_module(module), cls)
         except (ImportError, AttributeError) as err:
@@ -57,8 +74,9 @@ def model_jobs(quick: bool, threads: int, repeats: int, budget_s: float, device:
             continue
         common = dict(model=name, shape=model_shapes(quick)[name], threads=threads, seed=0,
                       repeats=1 if quick else repeats, budget_s=budget_s, device=device)
-        jobs += [dict(kind="model", path=path, **common) for path in PATHS]
-        jobs.append(dict(kind="model_pair", path="paired", **common))
+        jobs += [dict(kind="model", path=path, **common) for path in paths]
+        if paired and "reference" in paths and len(paths) > 1:
+            jobs.append(dict(kind="model_pair", path="paired", paths=list(paths), **common))
     return jobs
 
 
@@ -155,18 +173,18 @@ def run_paired_job(job: dict) -> dict:
     Returns the per-round step times of each path and, per non-reference path, the median over
     rounds of ``reference time / path time`` (``paired_speedup``).
     """
-    runs = {path: _prepared(job, path) for path in PATHS}
+    runs = {path: _prepared(job, path) for path in job.get("paths", PATHS)}
     for run in runs.values():  # warmup; compiles φ's graphs on the compiled path
         run.train()
         run.train()
     round_s = sum(median_time(run.train, 1, run.device)[0] for run in runs.values())
     rounds = timed_repeats(round_s, int(job["repeats"]), float(job["budget_s"]))
-    times: dict[str, list[float]] = {path: [] for path in PATHS}
+    times: dict[str, list[float]] = {path: [] for path in runs}
     for _ in range(rounds):
         for path, run in runs.items():
             times[path].append(median_time(run.train, 1, run.device)[0])
     speedup = {path: statistics.median(r / t for r, t in zip(times["reference"], times[path]))
-               for path in PATHS if path != "reference"}
+               for path in runs if path != "reference"}
     return dict(model=job["model"], path="paired", kind="model_pair", rounds=rounds, step_s=times,
                 paired_speedup=speedup, threads=torch.get_num_threads(), device=job.get("device", "cpu"))
 
@@ -192,7 +210,7 @@ def summarise_models(results: list[dict]) -> list[dict]:
             pair = next((r for r in results if r.get("model") == name and "paired_speedup" in r), None)
             if pair:
                 line.update(paired_rounds=pair["rounds"],
-                            paired_train_speedup=pair["paired_speedup"]["nodewise"],
-                            paired_compiled_train_speedup=pair["paired_speedup"]["compiled"])
+                            paired_train_speedup=pair["paired_speedup"].get("nodewise"),
+                            paired_compiled_train_speedup=pair["paired_speedup"].get("compiled"))
             out.append(line)
     return out
