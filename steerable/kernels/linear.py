@@ -27,12 +27,14 @@ class EquivariantLinear(nn.Module):
     escnn's own expansion; W is then one gather–multiply–``index_add`` (measured 13× faster than
     escnn's per-block loop for the 27 layers of the QM9 model, forward + backward: 6 vs 79 ms per
     step on 2 CPU threads). Should the check fail (another escnn version), escnn's expansion is used.
-    When no gradient is needed (``torch.no_grad``, inference mode, or frozen parameters) the expanded
-    matrices are cached together with a copy of θ and the bias they came from, and reused only while
-    the parameters still equal that copy (same dtype, device and values: ``load_state_dict``, optimiser
-    steps, ``.data`` writes such as EMA updates, and casts all invalidate it; the comparison costs
-    microseconds against ~0.2 ms per expansion). A call that needs gradients always expands afresh (in
-    eval mode too: fine-tuning with frozen batch norms trains these weights).
+    When no gradient is needed (``torch.no_grad``, inference mode, or frozen parameters) and the
+    parameters are on the CPU, the expanded matrices are cached together with a copy of θ and the bias
+    they came from, and reused only while the parameters still equal that copy (same dtype, device and
+    values: ``load_state_dict``, optimiser steps, ``.data`` writes such as EMA updates, and casts all
+    invalidate it; the comparison costs microseconds against ~0.2 ms per expansion). On an accelerator
+    the comparison would be a host sync per layer and step, so there the matrices are expanded every
+    call (a few kernels). A call that needs gradients always expands afresh (in eval mode too:
+    fine-tuning with frozen batch norms trains these weights). ``.to()`` and casts drop the cache.
 
     Args:
         in_type: FieldType over a ``no_base_space`` gspace of G.
@@ -57,8 +59,8 @@ class EquivariantLinear(nn.Module):
             rows, cols, values = table
             self.register_buffer("expansion_rows", rows, persistent=False)
             self.register_buffer("expansion_cols", cols, persistent=False)
-            # float64 master copy: every cast of the layer re-derives the buffer from it (see _apply)
-            self._exact_values = values.double()
+            # float64 master copy on the host: every cast or move re-derives the buffer from it (_apply)
+            self._exact_values = values.double().numpy()
             self.register_buffer("expansion_values", values.to(self.linear.weights.dtype), persistent=False)
 
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -66,6 +68,9 @@ class EquivariantLinear(nn.Module):
         sources = [t for t in (self.linear.weights, self.linear.bias) if t is not None]
         if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
             self._cache = None  # parameters are being trained: a cached copy would soon be stale
+            return self._expand()
+        if sources[0].device.type != "cpu":  # checking a cache would stall the device (see the class doc)
+            self._cache = None
             return self._expand()
         if self._cache is None or not _same_values(self._cache[0], sources):
             # normal tensors even under inference mode (Lightning's validation): an inference tensor
@@ -84,11 +89,14 @@ class EquivariantLinear(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         """Casts and moves as usual; the expansion values then come from the float64 master copy in the
-        buffer's new dtype, so ``.double()`` gets basis values exact to float64 (not float32 ones widened)."""
+        buffer's new dtype, so ``.double()`` gets basis values exact to float64 (not float32 ones widened).
+        The expansion cache is dropped."""
         super()._apply(fn, recurse)
+        self._cache = None
         if self.sparse_expansion:
             target = self.expansion_values
-            self.expansion_values = self._exact_values.to(device=target.device, dtype=target.dtype)
+            values = torch.as_tensor(self._exact_values, dtype=target.dtype, device=target.device)
+            self.expansion_values = values
         return self
 
     def train(self, mode: bool = True):

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
+from steerable.models.blocks import graph_index
+
 
 def mlp(dims: list[int]) -> nn.Sequential:
     """Linear layers with SiLU between them (none after the last)."""
@@ -61,16 +63,15 @@ class PointNetBaseline(nn.Module):
         self.rho = mlp([hidden * (2 if readout == "node" else 1), hidden, out_dim])
 
     def forward(self, batch) -> torch.Tensor:
-        index = batch.batch if getattr(batch, "batch", None) is not None else batch.pos.new_zeros(
-            batch.pos.shape[0], dtype=torch.long)
-        centred = batch.pos - scatter(batch.pos, index, dim=0, reduce="mean")[index]
+        index, num_graphs = graph_index(batch)
+        centred = batch.pos - scatter(batch.pos, index, dim=0, dim_size=num_graphs, reduce="mean")[index]
         inputs = [centred]
         if self.in_features:
             inputs.append(batch.x)
         if self.use_velocity:
             inputs.append(batch.vel)
         h = self.phi(torch.cat(inputs, dim=-1))
-        pooled = scatter(h, index, dim=0, reduce="sum")
+        pooled = scatter(h, index, dim=0, dim_size=num_graphs, reduce="sum")
         if self.readout == "graph":
             return self.rho(pooled)
         out = self.rho(torch.cat([h, pooled[index]], dim=-1))

@@ -148,15 +148,34 @@ def add_self_loops(edge_index: torch.Tensor, num_nodes: int, edge_attr: torch.Te
     return edge_index, edge_attr
 
 
+def graph_index(batch) -> tuple[torch.Tensor, int]:
+    """The graph id of every point ``(N,)`` and the number of graphs B, for pooling with ``scatter``.
+
+    Pass B as ``dim_size``: PyG batches know it on the host, whereas ``scatter`` without it reads
+    ``index.max()`` from the device (a host sync every step). A ``batch`` without ``batch`` ids is one graph.
+    """
+    pos = batch.pos
+    index = getattr(batch, "batch", None)
+    if index is None:
+        return torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device), 1
+    num_graphs = getattr(batch, "num_graphs", None)
+    return index, int(num_graphs) if num_graphs is not None else int(index.max()) + 1
+
+
 def check_batch(batch) -> None:
     """Reject inputs no model can use, with a message naming the graphs: no points, a graph without
     points, NaN/inf coordinates (they would otherwise turn every output into NaN, silently).
 
-    Costs one reduction and one host sync per call. ``batch.pos: (N, d)``, optional ``batch.batch: (N,)``.
+    Checks host (CPU) batches only, where it costs one reduction: on an accelerator reading the
+    verdict would stall every step until the device catches up. Batches a task trains or evaluates on
+    are checked on the host before they are moved (``BaseTask.on_before_batch_transfer``), so the models
+    call this on whatever they get. ``batch.pos: (N, d)``, optional ``batch.batch: (N,)``.
     """
     pos = batch.pos
     if pos.shape[0] == 0:
         raise ValueError("empty batch: no points (every molecule/point cloud needs at least one point)")
+    if pos.device.type != "cpu":
+        return
     index = getattr(batch, "batch", None)
     if index is None:
         index = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)

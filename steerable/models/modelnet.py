@@ -19,7 +19,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from steerable.groups import build_group
-from steerable.models.blocks import InvariantMap, SteerableBlock, check_batch, mlp
+from steerable.models.blocks import InvariantMap, SteerableBlock, check_batch, graph_index, mlp
 from steerable.models.point_hierarchy import PointHierarchy
 from steerable.models.qm9 import natural_parity_spec
 
@@ -87,9 +87,7 @@ class ModelNetModel(nn.Module):
         """
         check_batch(batch)
         pos = batch.pos
-        index = getattr(batch, "batch", None)
-        if index is None:
-            index = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        index, num_graphs = graph_index(batch)
         ones = pos.new_ones(pos.shape[0], 1)
         h = torch.cat([batch.normal, ones], dim=-1) if self.use_normals else ones
         levels = self.hierarchy.from_batch(batch) or self.hierarchy.build(pos, index)
@@ -100,8 +98,8 @@ class ModelNetModel(nn.Module):
         invariants = self.invariant(h)
         pooled = torch.cat(
             [
-                scatter(invariants, index, dim=0, reduce="mean"),
-                scatter(invariants, index, dim=0, reduce="max"),
+                scatter(invariants, index, dim=0, dim_size=num_graphs, reduce="mean"),
+                scatter(invariants, index, dim=0, dim_size=num_graphs, reduce="max"),
             ],
             dim=-1,
         )

@@ -13,8 +13,8 @@ Stored per item (:class:`HierarchicalCloud`, a PyG ``Data`` that batches these f
 * ``hierarchy_keep_s (M_s,)``: indices of the kept points into level ``s − 1`` (level 0 = ``pos``);
 * ``hierarchy_edge_index_s (2, M_s·k)``: row 0 indexes level ``s − 1``, row 1 level ``s``; sorted by
   target, then distance (:func:`steerable.geometry.knn_bipartite`);
-* ``hierarchy_spec (1, 3·S)``: ``(ratio·10⁶, k, sampling)`` per stage, so a model can refuse a
-  hierarchy built for other stages.
+* ``hierarchy_spec``: the hierarchy's description (a string; a list of them in a batch, which stays
+  on the host), so a model can refuse a hierarchy built for other stages without reading the device.
 """
 
 from __future__ import annotations
@@ -66,8 +66,7 @@ class PointHierarchy:
             if k < 1:
                 raise ValueError(f"stage k must be >= 1, got {k!r}")
         self.sampling = sampling
-        self.spec = torch.tensor([[v for ratio, k in zip(self.ratios, self.ks)
-                                   for v in (round(ratio * 1e6), k, SAMPLINGS.index(sampling))]])
+        self.spec = f"PointHierarchy(ratios={self.ratios}, ks={self.ks}, sampling={sampling!r})"
 
     def __repr__(self) -> str:
         stages = ", ".join(f"(ratio={r:g}, k={k})" for r, k in zip(self.ratios, self.ks))
@@ -95,7 +94,7 @@ class PointHierarchy:
         index = torch.zeros(data.pos.shape[0], dtype=torch.long, device=data.pos.device)
         for s, level in enumerate(self.build(data.pos, index), start=1):
             out[f"{_KEEP}{s}"], out[f"{_EDGES}{s}"] = level.keep, level.edge_index
-        out[_SPEC] = self.spec.clone()
+        out[_SPEC] = self.spec
         return out
 
     def from_batch(self, batch) -> list[Level] | None:
@@ -104,13 +103,14 @@ class PointHierarchy:
         Raises:
             ValueError: the batch carries a hierarchy built with other stages or sampling.
         """
-        spec = getattr(batch, _SPEC, None)
-        if spec is None:
+        specs = getattr(batch, _SPEC, None)
+        if specs is None:
             return None
-        if spec.shape[-1] != self.spec.shape[-1] or not bool((spec.cpu() == self.spec).all()):
+        specs = [specs] if isinstance(specs, str) else list(specs)
+        if any(spec != self.spec for spec in specs):
+            other = next(spec for spec in specs if spec != self.spec)
             raise ValueError(f"the batch carries a point hierarchy built for other stages/sampling "
-                             f"(spec {spec[0].tolist()}); this model uses {self!r} "
-                             f"(spec {self.spec[0].tolist()})")
+                             f"({other}); this model uses {self!r}")
         return [Level(batch[f"{_KEEP}{s}"], batch[f"{_EDGES}{s}"]) for s in range(1, len(self.ks) + 1)]
 
 
@@ -127,7 +127,7 @@ class HierarchicalCloud(Data):
     def __inc__(self, key: str, value, *args, **kwargs):
         match = _LEVEL_KEY.match(key)
         if match is None:
-            return 0 if key == _SPEC else super().__inc__(key, value, *args, **kwargs)
+            return super().__inc__(key, value, *args, **kwargs)
         level = int(match.group(1))
         if key.startswith(_KEEP):
             return self._level_size(level - 1)
@@ -136,6 +136,6 @@ class HierarchicalCloud(Data):
     def __cat_dim__(self, key: str, value, *args, **kwargs):
         if key.startswith(_EDGES):
             return -1
-        if key.startswith(_KEEP) or key == _SPEC:
+        if key.startswith(_KEEP):
             return 0
         return super().__cat_dim__(key, value, *args, **kwargs)

@@ -18,7 +18,14 @@ from steerable.chem import num_bond_types as bond_classes
 from steerable.groups import build_group
 from steerable.kernels.implicit import band_limited_spec
 from steerable.kernels.linear import EquivariantLinear
-from steerable.models.blocks import InvariantMap, SteerableBlock, add_self_loops, check_batch, mlp
+from steerable.models.blocks import (
+    InvariantMap,
+    SteerableBlock,
+    add_self_loops,
+    check_batch,
+    graph_index,
+    mlp,
+)
 
 
 def natural_parity_spec(channels: int, band_limit: int, dim: int = 3) -> str:
@@ -160,10 +167,8 @@ class QM9Model(nn.Module):
             for block in pair:
                 update = block(update, pos, edge_index, edge_attr, node_attr)
             h = h + update
-        index = getattr(batch, "batch", None)
-        if index is None:
-            index = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
+        index, num_graphs = graph_index(batch)
         if self.output == "scalars":
-            return self.head(scatter(self.invariant(h), index, dim=0, reduce="mean"))
-        matrix = self.readout(scatter(h, index, dim=0, reduce="mean")).view(-1, 3, 3)
+            return self.head(scatter(self.invariant(h), index, dim=0, dim_size=num_graphs, reduce="mean"))
+        matrix = self.readout(scatter(h, index, dim=0, dim_size=num_graphs, reduce="mean")).view(-1, 3, 3)
         return (0.5 * (matrix + matrix.transpose(1, 2))).reshape(-1, 9)

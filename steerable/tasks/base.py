@@ -8,17 +8,54 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
+
+from steerable.models.blocks import check_batch
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 Interval = Literal["epoch", "step"]
 Mode = Literal["min", "max"]
-# Lightning warns at every fit/test that the module's hook (BaseTask.on_after_batch_transfer) is used
-# although a datamodule was passed: intended (our datamodules do not define the hook)
-warnings.filterwarnings("ignore",
-                        message="You have overridden `on_after_batch_transfer` in `LightningModule` but")
+# Lightning warns at every fit/test that the module's hooks (BaseTask.on_{before,after}_batch_transfer)
+# are used although a datamodule was passed: intended (our datamodules do not define them)
+warnings.filterwarnings(
+    "ignore", message="You have overridden `on_(before|after)_batch_transfer` in `LightningModule` but")
+
+
+class EpochMean(Metric):
+    """Weighted mean of the values of an epoch; the sums add up exactly across DDP ranks.
+
+    Computes what torchmetrics' ``MeanMetric()`` does (NaN values left out, with a warning), but
+    ``update`` leaves them out on the device: ``MeanMetric`` reads ``isnan(value).any()`` on the host,
+    which stalls every step on an accelerator. The warning comes with :meth:`compute`, once an epoch.
+
+    Args:
+        device: where the sums live (the module's device).
+    """
+
+    full_state_update = False
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        for name in ("total", "weight", "nans"):
+            default = torch.zeros((), dtype=torch.get_default_dtype(), device=device)
+            self.add_state(name, default=default, dist_reduce_fx="sum")
+        self.to(device)
+
+    def update(self, value: torch.Tensor, weight: float) -> None:
+        """Add ``value`` (any shape: each element counts) with weight ``weight``."""
+        value = value.to(self.dtype)
+        nan = torch.isnan(value)
+        self.total += torch.where(nan, 0.0, value * weight).sum()
+        self.weight += (~nan).to(self.dtype).sum() * weight
+        self.nans += nan.sum()
+
+    def compute(self) -> torch.Tensor:
+        if self.nans > 0:
+            rank_zero_warn(f"{int(self.nans)} NaN value(s) left out of an epoch mean")
+        return self.total / self.weight
 
 
 class BaseTask(pl.LightningModule):
@@ -52,6 +89,13 @@ class BaseTask(pl.LightningModule):
         """Model output for a PyG ``Batch`` (subclasses map it to reporting units)."""
         return self.model(batch)
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Reject batches no model can use (:func:`~steerable.models.blocks.check_batch`) while they are
+        still on the host, where the check costs nothing; on an accelerator the models skip it."""
+        if getattr(batch, "pos", None) is not None:
+            check_batch(batch)
+        return batch
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Cast a PyG batch's floating-point tensors to float64 when the module is (``precision=64-true``).
 
@@ -66,7 +110,7 @@ class BaseTask(pl.LightningModule):
     def _log_stage(self, stage: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log ``{stage}/{name}`` epoch means, each batch weighted by ``batch_size``.
 
-        Validation and test means are exact over all ranks under DDP: torchmetrics sums the weighted
+        Validation and test means are exact over all ranks under DDP: :class:`EpochMean` sums the weighted
         values and the weights across ranks (Lightning's ``sync_dist`` averages the per-rank batch
         counts as integers, which truncates when ranks see different numbers of samples).
         Training means are per rank, as Lightning logs them.
@@ -79,7 +123,7 @@ class BaseTask(pl.LightningModule):
             key = f"{stage}/{name}"
             slot = key.replace("/", "__")
             if slot not in self.epoch_means:
-                self.epoch_means[slot] = MeanMetric().to(self.device)
+                self.epoch_means[slot] = EpochMean(self.device)
             self.epoch_means[slot].update(value.detach(), weight=batch_size)
             self.log(key, self.epoch_means[slot], on_step=False, on_epoch=True, prog_bar=True,
                      metric_attribute=f"epoch_means.{slot}")

@@ -52,6 +52,16 @@ class ClassificationTask(BaseTask):
 
     on_predict_epoch_start = on_test_epoch_start
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """At test/predict time also draws the batch's test-time rotations here, on the host (CPU
+        generators seeded per graph), as ``batch.tta_rotations``: they travel with the batch instead of
+        being drawn from device-resident ids and copied over inside the step."""
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        trainer = self._trainer
+        if self.hparams.tta_samples > 1 and trainer is not None and (trainer.testing or trainer.predicting):
+            batch.tta_rotations = self._tta_rotations(batch)
+        return batch
+
     def _tta_rotations(self, batch) -> torch.Tensor:
         """``(tta_samples, B, 3, 3)``: the test-time matrices of every graph, seeded by its sample id."""
         num_graphs = batch.num_graphs
@@ -69,9 +79,12 @@ class ClassificationTask(BaseTask):
         """Class probabilities ``(B, C)`` averaged over the test-time transforms."""
         if self.hparams.tta_samples == 1:
             return self.model(batch).softmax(dim=-1)
+        rotations = getattr(batch, "tta_rotations", None)
+        if rotations is None:  # called outside a Trainer's test/predict loop
+            rotations = self._tta_rotations(batch)
         probs = 0.0
-        for rotations in self._tta_rotations(batch).to(batch.pos):
-            probs = probs + self.model(rotate_batch(batch, rotations)).softmax(dim=-1)
+        for rotation in rotations.to(batch.pos):
+            probs = probs + self.model(rotate_batch(batch, rotation)).softmax(dim=-1)
         return probs / self.hparams.tta_samples
 
     def _step(self, batch, stage: str) -> torch.Tensor:
