@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from steerable.results import collect_runs, markdown_table
 
 KEYS = {
@@ -30,7 +32,19 @@ KEYS = {
     "max_epochs": "trainer.max_epochs",
     "seed": "seed",
 }
-HEADER = ["model", "budget", "epochs run", "train samples/s", "best val", "test", "seed", "run"]
+HEADER = ["model", "overrides", "budget", "epochs run", "train samples/s", "best val", "test", "seed", "run"]
+# command-line overrides every run of a recipe shares (budget, logging): left out of the overrides column
+COMMON = ("experiment=", "model=", "trainer.max_epochs=", "trainer.max_time=", "callbacks", "logger=",
+          "hydra.", "paths.")
+
+
+def overrides(run_dir: str) -> str:
+    """The run's own command-line overrides (``.hydra/overrides.yaml``) beyond those in :data:`COMMON`."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    items = yaml.safe_load(path.read_text()) or []
+    return " ".join(f"`{item}`" for item in items if not str(item).startswith(COMMON))
 
 
 def model_name(row: dict[str, Any]) -> str:
@@ -71,9 +85,11 @@ def table_rows(rows: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
         val, test = metric_cells(row)
         epochs = metrics.get("train/epochs_done")
         speed = metrics.get("train/samples_per_s")
+        run = Path(row["run_dir"])
         out.setdefault(task_of(row), []).append([
-            model_name(row), budget(row), None if epochs is None else int(epochs),
-            None if speed is None else round(speed, 1), val, test, row["seed"], Path(row["run_dir"]).name])
+            model_name(row), overrides(row["run_dir"]), budget(row), None if epochs is None else int(epochs),
+            None if speed is None else round(speed, 1), val, test, row["seed"],
+            f"{run.parent.name}/{run.name}"])
     return out
 
 

@@ -29,7 +29,7 @@ def test_throughput_counts_every_training_sample(compose_cfg):
 def test_equal_wall_clock_sweep_and_table(tmp_path):
     sweep = tmp_path / "sweep"
     done = run_cli("steerable.train", "-m", "experiment=nbody", "dataset=nbody_tiny", "model=nbody,egnn",
-                   "trainer.max_epochs=100000", "trainer.max_time=00:00:00:04", "callbacks=timed",
+                   "trainer.max_epochs=100000", "trainer.max_time=00:00:00:04", "callbacks=timed", "seed=1",
                    "logger=csv", "callbacks.progress_bar=null", f"hydra.sweep.dir={sweep}",
                    f"paths.data_dir={DATA_DIR}", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -45,10 +45,13 @@ def test_equal_wall_clock_sweep_and_table(tmp_path):
     assert table.returncode == 0, table.stderr
     rows = {cells[0]: cells for cells in _rows(out.read_text())}
     assert set(rows) >= {"NBodyModel (implicit) 16 feat", "EGNN 4×64"}
+    assert rows["NBodyModel (implicit) 16 feat"][1] == "`dataset=nbody_tiny` `seed=1`"
     egnn = json.loads((sweep / "1" / "metrics.json").read_text())
-    assert rows["EGNN 4×64"][1] == "00:00:00:04 wall"
-    assert float(rows["EGNN 4×64"][5]) == pytest.approx(egnn["test/mse"], rel=1e-3)
-    assert float(rows["EGNN 4×64"][3]) == pytest.approx(egnn["train/samples_per_s"], abs=0.06)
+    assert rows["EGNN 4×64"][2] == "00:00:00:04 wall"
+    assert rows["EGNN 4×64"][1] == "`dataset=nbody_tiny` `seed=1`"  # not the recipe's (model, budget, logs)
+    assert rows["EGNN 4×64"][-1] == "sweep/1"
+    assert float(rows["EGNN 4×64"][6]) == pytest.approx(egnn["test/mse"], rel=1e-3)
+    assert float(rows["EGNN 4×64"][4]) == pytest.approx(egnn["train/samples_per_s"], abs=0.06)
 
 
 def test_table_maker_refuses_an_empty_dir(tmp_path):
