@@ -2,8 +2,8 @@
 
 For every model config in ``conf/model/`` (with the dataset of the first experiment that selects it,
 in its tiny variant; the baseline with the ``smoke`` recipe), plus the code paths other options switch
-on (analytic kernels, chunked convolutions, a point hierarchy built by the model, test-time rotation
-averaging, EGNN's trajectory mode):
+on (analytic kernels, chunked convolutions, a shared kernel trunk, a point hierarchy built by the model,
+test-time rotation averaging, EGNN's trajectory mode):
 
 * a 2-step fit with validation, then a test run, under :class:`DeviceGuardCallback`: no tensor factory
   without ``device=``/``dtype=`` and no host sync in any step, except the allowed sites;
@@ -48,6 +48,7 @@ DATA = {"batch_size": 4, "num_workers": 0, "num_points": 128, "num_samples": 40}
 VARIANTS = {
     "qm9-analytic": ("qm9", ["model.kernel=analytic"]),
     "nbody-chunked": ("nbody", ["model.conv.chunk_edges=40"]),
+    "nbody-shared_phi": ("nbody", ["model.shared_phi=true"]),
     "modelnet-hierarchy_in_model-tta": ("modelnet", ["model.hierarchy_in_loader=false",
                                                      "task.tta_samples=2"]),
     "egnn-trajectory": ("egnn", ["experiment=nbody", "model=egnn", "dataset=nbody_tiny"]),
