@@ -33,7 +33,9 @@ guard still flags the site when it runs on an accelerator. Further syncs (``nonz
 indexing, ``unique``, ``bincount``, ``repeat_interleave``) are implicit in the operation; they are
 recorded only with ``implicit_syncs=True``.
 
-Use it around a forward/training step (it is thread-local, like every torch-function mode)::
+Use it around a forward/training step. Like every torch-function mode it is thread-local: on the CPU
+the backward pass runs in the calling thread and is checked too; on CUDA autograd runs it in its own
+threads, unchecked (the CPU check covers the same code)::
 
     with DeviceGuard() as guard:
         loss = model(batch).sum()
