@@ -37,6 +37,7 @@ from torch import nn
 
 from steerable.fields import FieldBatchNorm, FieldLayout, build_nonlinearity, norm_affine
 from steerable.groups import GroupSpec
+from steerable.kernels.basis_memory import check_kernel_basis_memory
 from steerable.kernels.edge_mlp import EdgeMLPOps, radial_window
 from steerable.kernels.linear import EquivariantLinear
 
@@ -137,6 +138,10 @@ class ImplicitKernel(nn.Module):
             default hidden type stay exactly zero): the same functions with fewer channels, i.e. a
             smaller contraction dimension H (half for O(3), band_limit 1) and cheaper hidden layers.
 
+    Raises:
+        BasisTooLarge: before anything large is built, when building the Hom layer's basis would take
+            more memory than ``$STEERABLE_MAX_BASIS_GB`` (:mod:`steerable.kernels.basis_memory`).
+
     Types: φ input ``std^{⊗1..order} ⊕ n_rbf×trivial ⊕ attr_type``; φ hidden ``hidden``;
     φ output ``⊕_{i,j} ρ_out,i ⊗ ρ_in,j`` (``hom_type``).
 
@@ -207,6 +212,7 @@ class ImplicitKernel(nn.Module):
                 self.hidden_type = fiber.type(*reps)
                 self.mlp = self._hidden_layers(n_layers, nonlinearity, batch_norm)
 
+        check_kernel_basis_memory(group, self.hidden_type, in_type, out_type)  # before escnn builds it
         hom_reps, flat_index = self._hom_blocks()
         _check_reachable(hom_reps, self.hidden_type, in_type, out_type)
         self.hom_type = fiber.type(*hom_reps)

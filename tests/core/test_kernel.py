@@ -7,6 +7,8 @@ the per-edge reference on every degree layout it dispatches to.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -320,3 +322,56 @@ def test_scale_with_many_neighbours_and_batch_norm(aggr):
             h = NormNonlinearity(ft)(FieldBatchNorm(ft)(h))
     ratio = float(h.std() / x.std()) * (degree ** 0.5 if aggr == "mean" else degree ** -0.5)
     assert 1 / 3 <= ratio <= 3, f"degree-corrected output/input std: {ratio:.3g}"
+
+
+# --- memory of building the basis --------------------------------------------------------------
+
+
+def test_regular_fields_of_a_large_group_are_refused_before_the_build(monkeypatch):
+    """ico regular → regular would ask escnn for ~18.7 GB while normalising the Hom basis: refused from
+    characters alone, before the 3600-dim tensor product (about a minute) or its basis is built."""
+    from steerable.kernels.basis_memory import MAX_BASIS_GB_ENV, BasisTooLarge
+
+    monkeypatch.delenv(MAX_BASIS_GB_ENV, raising=False)
+    spec = group("ico")
+    regular = spec.field_type("regular")  # escnn's own regular representation, built before timing
+    start = time.perf_counter()
+    with pytest.raises(BasisTooLarge, match=r"regular \(size 60\) fields of group 'ico' needs about 18\.7 GB "
+                                            r".*over the 8 GB limit; use smaller fields, e\.g\. irreps "
+                                            r"'1x0e\+1x1o\+1x2e' instead of regular ones, or raise "
+                                            r"STEERABLE_MAX_BASIS_GB"):
+        ImplicitPointConv(spec, regular, regular)
+    assert time.perf_counter() - start < 10
+
+
+def test_basis_estimate_counts_escnns_basis_and_the_limit_is_configurable(monkeypatch):
+    """The character count of basis elements equals the dimension of escnn's Hom basis; a lower limit
+    refuses a layer that builds under the default one; a bad limit is named."""
+    from steerable.kernels.basis_memory import MAX_BASIS_GB_ENV, BasisTooLarge, hom_block_sizes
+
+    monkeypatch.delenv(MAX_BASIS_GB_ENV, raising=False)
+    spec = group("dn", N=3)
+    conv = ImplicitPointConv(spec, "regular", "regular", channels=2)
+    kernel = conv.kernel
+    sizes = hom_block_sizes(spec, kernel.hidden_type, conv.in_type, conv.out_type)
+    multiplicity = {rep.name: kernel.hidden_type.representations.count(rep)
+                    for rep in kernel.hidden_type.representations}
+    distinct = list({rep.name: rep for rep in kernel.hidden_type.representations})
+    expected = sum(multiplicity[name] * b for name, (b, o, _, _) in zip(distinct, sizes, strict=True))
+    assert all(o == 36 for _, o, _, _ in sizes)
+    assert kernel.hom.linear.basisexpansion.dimension() == expected
+    octa = group("octa")
+    monkeypatch.setenv(MAX_BASIS_GB_ENV, "0.1")  # octa regular → regular needs 72·576²·8 B = 0.19 GB
+    with pytest.raises(BasisTooLarge, match=r"needs about 0\.2 GB .* over the 0\.1 GB limit"):
+        ImplicitPointConv(octa, "regular", "regular")
+    monkeypatch.setenv(MAX_BASIS_GB_ENV, "lots")
+    with pytest.raises(ValueError, match="STEERABLE_MAX_BASIS_GB must be a positive number of GB, got 'lo"):
+        ImplicitPointConv(octa, "regular", "regular")
+
+
+def test_small_regular_fields_still_build():
+    conv = ImplicitPointConv(group("cn", N=4), "regular", "2xregular", channels=2)
+    x = torch.randn(5, conv.in_type.size)
+    pos = torch.randn(5, 3)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 0]])
+    assert conv(x, pos, edge_index).shape == (5, 8)
