@@ -16,8 +16,9 @@ declare -A levers=(
   [batch_50]="dataset.batch_size=50"
   [features_8]="model.num_features=8"
   [phi_channels_4]="model.conv.channels=4"
+  [velocity_skip]="model.velocity_skip=1.0"
 )
-for name in ${LEVERS:-default shared_phi lr_1e-3 batch_50 features_8 phi_channels_4}; do
+for name in ${LEVERS:-default shared_phi lr_1e-3 batch_50 features_8 phi_channels_4 velocity_skip}; do
   # shellcheck disable=SC2086
   $python -m steerable.train -m experiment=nbody "trainer.max_epochs=$epochs" ${levers[$name]} \
     callbacks=timed logger=csv callbacks.progress_bar=null "hydra.sweep.dir=logs/peers/levers/$name"

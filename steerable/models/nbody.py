@@ -32,6 +32,10 @@ class NBodyModel(nn.Module):
         shared_phi: one set of φ hidden layers (and radial window) for every convolution, evaluated
             once per forward (all convolutions see the same graph); each keeps its own Hom layer.
             Implicit kernels only.
+        velocity_skip: ``None`` (off) or the initial value of a learnable scalar τ: the output becomes
+            ``pos + τ·vel + Δx`` (equivariant: vel is a vector), so the network starts from constant
+            velocity motion instead of learning to copy vel through every layer (EGNN has the like
+            ``φ_v(h)·v``). The horizon (1.0 for frames 30 → 40) is the natural initial value.
         conv: convolution options (see :class:`steerable.nn.ImplicitPointConv`).
 
     Batch fields: ``pos (N, 3)``, ``vel (N, 3)``, ``charge (N, 1)``, ``edge_index (2, E)``,
@@ -51,6 +55,7 @@ class NBodyModel(nn.Module):
         node_attrs: bool = True,
         conv: dict[str, Any] | None = None,
         shared_phi: bool = False,
+        velocity_skip: float | None = None,
     ):
         super().__init__()
         if shared_phi and kernel != "implicit":
@@ -78,6 +83,7 @@ class NBodyModel(nn.Module):
         self.output_type = vector
         convs = [block.conv for block in self.blocks] + [self.readout]
         self.trunk = share_trunk([c.kernel for c in convs]) if shared_phi else None
+        self.tau = None if velocity_skip is None else nn.Parameter(torch.tensor(float(velocity_skip)))
 
     def forward(self, batch) -> torch.Tensor:
         """``batch → (N, 3)`` predicted positions."""
@@ -90,4 +96,5 @@ class NBodyModel(nn.Module):
         with self.trunk.scope() if self.trunk is not None else nullcontext():
             for block in self.blocks:
                 h = block(h, pos, edge_index, edge_attr, node_attr)
-            return pos + self.readout(h, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr)
+            delta = self.readout(h, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr)
+        return pos + delta if self.tau is None else pos + self.tau * batch.vel + delta

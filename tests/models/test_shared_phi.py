@@ -61,3 +61,20 @@ def test_shared_trunk_refusals():
     other = ImplicitKernel(kernel.group, kernel.in_type, kernel.out_type, channels=2)
     with pytest.raises(ValueError, match="cannot share"):
         share_trunk([kernel, other])
+
+
+def test_velocity_skip_starts_from_constant_velocity_and_stays_equivariant():
+    torch.manual_seed(0)
+    model = NBodyModel(group={"name": "o3"}, num_features=4, num_layers=2, conv=SMALL_CONV, velocity_skip=1.0)
+    batch = _particles(torch.Generator().manual_seed(6))
+    model.eval()
+    with torch.no_grad():
+        with_skip = model(batch)
+        model.tau.zero_()
+        without = model(batch)
+        model.tau.fill_(1.0)
+    torch.testing.assert_close(with_skip - without, batch.vel)
+    assert model_error(model, batch) <= 1e-5
+    model.train()
+    (grad,) = torch.autograd.grad(model(batch).square().sum(), [model.tau])
+    assert grad.abs() > 0
