@@ -94,14 +94,20 @@ def resume_path(cfg: DictConfig) -> str | None:
 
 
 RECIPE_SECTIONS = ("group", "dataset", "model", "task", "seed")
-# how data is loaded, not what it is: may change between a run and its resume (another node, STEERABLE_ROOT)
+# Keys that may change between a run and its resume, because they change how the run executes, not
+# what it computes. How data is loaded (another node, STEERABLE_ROOT), and how the convolutions run:
+# the contraction path, chunking and compilation give the same function with the same parameters (a
+# user flips them to get past an out-of-memory error or a missing compiler).
 LOADER_KEYS = ("num_workers", "data_dir", "root", "progress", "processes")
+EXECUTION_KEYS = ("path", "chunk_edges", "compile_mlp")
+RESUMABLE_CHANGES = frozenset({*(f"dataset.{key}" for key in LOADER_KEYS),
+                               *(f"model.conv.{key}" for key in EXECUTION_KEYS)})
 
 
 def check_same_recipe(ckpt: Path, cfg: DictConfig) -> None:
     """``resume=auto`` must not silently continue a *different* run that left a checkpoint in this dir.
 
-    Loader settings (:data:`LOADER_KEYS` of ``dataset``) may differ.
+    Loader and execution settings (:data:`RESUMABLE_CHANGES`) may differ.
 
     Raises:
         ConfigError: naming the keys whose values differ from the checkpoint's stored config.
@@ -120,13 +126,15 @@ def check_same_recipe(ckpt: Path, cfg: DictConfig) -> None:
                           "use a fresh run dir, resume=never, or ckpt_path=… to resume it on purpose")
 
 
-def _differing_keys(section: str, stored: Any, current: Any) -> list[str]:
-    """Dotted keys of ``section`` whose values differ (a section that is not a dict: the section)."""
+def _differing_keys(prefix: str, stored: Any, current: Any) -> list[str]:
+    """Dotted keys under ``prefix`` whose values differ, nested dicts key by key, except
+    :data:`RESUMABLE_CHANGES` (a value that is not a dict on either side: ``prefix`` itself)."""
+    if prefix in RESUMABLE_CHANGES:
+        return []
     if not (isinstance(stored, dict) and isinstance(current, dict)):
-        return [] if stored == current else [section]
-    skip = LOADER_KEYS if section == "dataset" else ()
-    return [f"{section}.{key}" for key in sorted(set(stored) | set(current))
-            if key not in skip and stored.get(key) != current.get(key)]
+        return [] if stored == current else [prefix]
+    return [key for name in sorted(set(stored) | set(current))
+            for key in _differing_keys(f"{prefix}.{name}", stored.get(name), current.get(name))]
 
 
 def stored_fit_state(ckpt_path: str, monitor: str) -> dict[str, Any]:
