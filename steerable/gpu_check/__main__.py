@@ -8,7 +8,7 @@ run; the report says why). A stage gets at most its limit and never the time the
 so the whole run stays within ``--budget-s``. Exit status 0 when every stage that runs passed.
 
 >>> # python -m steerable.gpu_check --device cuda --out experiments/gpu              # ~8.5 min, H200
->>> # python -m steerable.gpu_check --device cpu --size tiny --out /tmp/gpu-check     # ~1-2 min, CPU
+>>> # python -m steerable.gpu_check --device cpu --size tiny --out /tmp/gpu-check     # a few min, CPU
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def markdown(report: dict) -> str:
                  f"{_f(s['nbody_epochs'], '.0f')} epochs, {_f(s['nbody_systems_per_s'], '.0f')} systems/s, "
                  f"peak {_f(s['nbody_peak_memory_mb'], '.0f')} MB |")
     if s["goal_shapes"]:
-        lines += ["", "## Layer: node-wise vs per-edge at the ModelNet goal shapes", "",
+        lines += ["", "## Layer: node-wise vs per-edge (bench shapes: the ModelNet goal shapes on a GPU)", "",
                   "| shape | N | E | speed-up | step s per-edge / node-wise | peak MB per-edge / node-wise | "
                   "memory ratio | contraction GFLOP/s | of fp32 matmul |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -127,8 +127,9 @@ def markdown(report: dict) -> str:
                          f"{_f(g['contraction_gflops'], '.0f')} | {_f(g['contraction_vs_matmul'], '.1%')} |")
     if s["model_speedup_vs_per_edge"]:
         lines += ["", "Whole models, node-wise vs per-edge: " + "; ".join(
-            f"{name} training ×{_f(x['train'], '.2f')} (paired rounds ×{_f(x['train_paired'], '.2f')}), "
-            f"inference ×{_f(x['infer'], '.2f')}"
+            f"{name} training ×{_f(x['train'], '.2f')}"
+            + (f" (paired rounds ×{x['train_paired']:.2f})" if x.get("train_paired") is not None else "")
+            + f", inference ×{_f(x['infer'], '.2f')}"
             for name, x in s["model_speedup_vs_per_edge"].items()) + "."]
     goals = s.get("bench_goals") or []
     if goals:
