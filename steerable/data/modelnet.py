@@ -120,15 +120,28 @@ class ModelNet40(Dataset):
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into (train, val) with ``round(fraction * n_c)`` of each class in val.
 
+    Where that holds no row at all although ``fraction > 0`` (every class too small for its share to
+    round to one shape, e.g. a few shapes per class), ``round(fraction * n)`` rows (at least one, at
+    most ``n - 1``) drawn across the classes are held out instead: a validation split is never empty.
     Deterministic in ``seed``; both index arrays are sorted.
+
+    Raises:
+        ValueError: ``fraction > 0`` with fewer than two rows, so none can be held out.
     """
     rng = np.random.default_rng(seed)
     labels = labels.numpy()
+    if fraction > 0 and len(labels) < 2:
+        raise ValueError(f"val_fraction={fraction} holds out training shapes for validation, but there "
+                         f"{'is' if len(labels) == 1 else 'are'} {len(labels)}; set val_fraction=0 to "
+                         "validate on the test split")
     val = []
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
         val.append(rng.permutation(rows)[: int(round(fraction * len(rows)))])
     val = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    if fraction > 0 and len(val) == 0:
+        count = min(len(labels) - 1, max(1, int(round(fraction * len(labels)))))
+        val = np.sort(rng.permutation(len(labels))[:count])
     train = np.setdiff1d(np.arange(len(labels)), val)
     return train, val
 
@@ -147,7 +160,8 @@ class ModelNet40DataModule(SplitDataModule):
         batch_size: shapes per batch (default 32); eval_batch_size: for val/test (default: same).
         num_workers: DataLoader workers (default 0).
         val_fraction: class-stratified fraction of train held out for validation (default 0.1);
-            0 validates on the test split.
+            0 validates on the test split. Sets too small for any class to give a shape are split
+            across classes instead (see :func:`stratified_split`).
         split_seed: seed of the validation split and of ``limit`` subsets (default 0).
         limit: keep at most this many shapes per split (seeded random subset), for tiny runs.
         points_per_shape: points sampled per mesh (OFF) / read per text file (default 2048).

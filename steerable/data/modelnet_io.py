@@ -94,9 +94,14 @@ def read_hdf5(directory: Path, split: str, use_normals: bool = False) -> CloudSe
         files = sorted(directory.glob(f"ply_data_{split}*.h5"),
                        key=lambda p: (len(p.name), p.name))
     missing = [str(f) for f in files if not f.is_file()]
-    if not files or missing:
+    if listing.is_file() and not files:
+        raise FileNotFoundError(f"{listing} lists no HDF5 files of split {split!r}")
+    if missing:
+        raise FileNotFoundError(f"{listing} lists {len(files)} HDF5 files of split {split!r}; "
+                                f"{len(missing)} are missing, e.g. {missing[:3]}")
+    if not files:
         raise FileNotFoundError(f"HDF5 files for split {split!r} not found in {directory}: "
-                                f"{missing or 'no ply_data_' + split + '*.h5'}")
+                                f"no {split}_files.txt and no ply_data_{split}*.h5")
     names_file = directory / "shape_names.txt"
     names = read_names(names_file) if names_file.is_file() else CLASS_NAMES
     points, normals, labels, ids = [], [], [], []
@@ -289,7 +294,8 @@ def read_normal_resampled(directory: Path, split: str, points_per_shape: int | N
     files = [directory / c / f"{sid}.txt" for c, sid in zip(classes, ids, strict=True)]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} listed files missing, e.g. {missing[:3]}")
+        raise FileNotFoundError(f"{listing}: {len(missing)} of its {len(files)} listed files are missing, "
+                                f"e.g. {missing[:3]}")
     key = {"version": CACHE_VERSION, "format": "normal_resampled", "split": split,
            "n": points_per_shape, "files": _fingerprint(files, directory)}
     name = f"normal_resampled_{split}_{points_per_shape}_v{CACHE_VERSION}_{key['files']}.pt"

@@ -13,7 +13,7 @@ import torch
 
 from steerable.data import modelnet_io
 from steerable.data.mesh import read_off, sample_surface
-from steerable.data.modelnet import ModelNet40, ModelNet40DataModule
+from steerable.data.modelnet import ModelNet40, ModelNet40DataModule, stratified_split
 from steerable.data.modelnet_io import CLASS_NAMES, find_layout, load_split
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "modelnet40"
@@ -321,6 +321,43 @@ def test_normal_resampled_bad_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"bed_0001\.txt: 7 points, but .*airplane_0001\.txt has 8; "
                                          r"set points_per_shape <= 7"):
         modelnet_io.read_normal_resampled(tmp_path / "all" / "modelnet40_normal_resampled", "train", None)
+
+
+def test_missing_listed_files_name_the_list_file(tmp_path):
+    """A listing that names files which are not there fails naming the listing (which to fix)."""
+    with h5py.File(tmp_path / "ply_data_train0.h5", "w") as h5:
+        h5["data"], h5["label"] = np.zeros((2, 4, 3), dtype=np.float32), np.zeros((2, 1), dtype=np.uint8)
+    (tmp_path / "train_files.txt").write_text("data/ply_data_train0.h5\ndata/ply_data_train1.h5\n")
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/train_files\.txt lists 2 HDF5 files of split "
+                                                r"'train'; 1 are missing, e\.g\. \[.*ply_data_train1\.h5'\]"):
+        load_split(tmp_path, "train")
+    (tmp_path / "train_files.txt").write_text("\n")
+    with pytest.raises(FileNotFoundError, match=r"train_files\.txt lists no HDF5 files of split 'train'"):
+        load_split(tmp_path, "train")
+    good = "".join(f"{i},0,0,0,0,1\n" for i in range(8))
+    root = _write_text_root(tmp_path / "text", {"airplane_0001": good})
+    (root / "modelnet40_train.txt").write_text("airplane_0001\nbed_0007\n")
+    with pytest.raises(FileNotFoundError,
+                       match=r"modelnet40_train\.txt: 1 of its 2 listed files are missing, e.g. .*bed_0007"):
+        load_split(root, "train", points_per_shape=8)
+
+
+def test_tiny_set_still_gets_a_validation_split(tmp_path):
+    """Two shapes per class: no class's 10 % rounds to a shape, so the held-out shapes are drawn across
+    classes (Lightning would otherwise skip validation with a warning and monitor nothing)."""
+    good = "".join(f"{i},{i % 3},{i % 5},0,0,1\n" for i in range(8))
+    shapes = {f"{c}_000{k}": good for c in ("airplane", "bed", "chair", "desk", "lamp") for k in (1, 2)}
+    root = _write_text_root(tmp_path, shapes)
+    (root / "modelnet40_test.txt").write_text("airplane_0001\nbed_0001\n")
+    datamodule = ModelNet40DataModule(str(tmp_path), num_points=8, points_per_shape=8, val_fraction=0.1)
+    datamodule.setup()
+    assert {k: len(v) for k, v in datamodule.datasets.items()} == {"train": 9, "val": 1, "test": 2}
+    assert len(next(iter(datamodule.val_dataloader())).y) == 1
+    train_rows, val_rows = (datamodule.datasets[k].indices.tolist() for k in ("train", "val"))
+    assert sorted(train_rows + val_rows) == list(range(10))
+    with pytest.raises(ValueError, match=r"val_fraction=0\.1 holds out training shapes for validation, but "
+                                         r"there is 1; set val_fraction=0"):
+        stratified_split(torch.tensor([3]), 0.1, seed=0)
 
 
 # ---------------------------------------------------------------- errors and config
