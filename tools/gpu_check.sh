@@ -42,11 +42,11 @@ if ! "$PYTHON" -c 'import escnn, hydra' >/dev/null 2>&1; then
       --target "$DEPS" wheelhouse/*.whl
     case ":$PYTHONPATH:" in *":$DEPS:"*) ;; *) export PYTHONPATH="$DEPS:$PYTHONPATH" ;; esac
   else
-    echo "error: escnn or hydra is not importable by $PYTHON and there is no wheelhouse/*.whl" \
+    echo "warning: escnn or hydra is not importable by $PYTHON and there is no wheelhouse/*.whl" \
          "(run 'make wheelhouse' on a machine with a package index, or 'make install')" >&2
-    exit 2
   fi
-  "$PYTHON" -c 'import escnn, hydra' || { echo "error: escnn/hydra still not importable" >&2; exit 2; }
+  # go on either way: the stages that need them fail and the report says why
+  "$PYTHON" -c 'import escnn, hydra' || echo "warning: escnn/hydra not importable (see above)" >&2
 fi
 
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" PYTHONUNBUFFERED=1
