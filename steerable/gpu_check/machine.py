@@ -2,7 +2,7 @@
 
 Prints one JSON line prefixed with ``RESULT``: Python, numpy, torch (and its CUDA and cuDNN builds),
 PyTorch Lightning, PyG and escnn versions; CPU cores; for CUDA the device name, memory, compute
-capability and driver-visible device count; and the achieved GFLOP/s of a square float32 matmul
+capability, device count and driver version; and the achieved GFLOP/s of a square float32 matmul
 with full IEEE float32 (``torch.set_float32_matmul_precision("highest")``) and with TF32
 (``"high"``), the ceilings the contraction rates of the bench are compared with.
 """
@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from importlib import metadata
 
@@ -50,10 +51,21 @@ def device_info(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30,
                     compute_capability=f"{props.major}.{props.minor}",
-                    multiprocessors=props.multi_processor_count, cuda_devices=torch.cuda.device_count())
+                    multiprocessors=props.multi_processor_count, cuda_devices=torch.cuda.device_count(),
+                    driver=_driver_version())
     else:
         info["gpu"] = None
     return info
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver version from ``nvidia-smi``, or ``None`` where it does not answer."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
 
 
 def matmul_gflops(device: torch.device, size: int, precision: str, repeats: int = 10) -> float:

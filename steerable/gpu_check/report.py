@@ -80,7 +80,8 @@ def markdown(report: dict) -> str:
              "| machine | |", "|---|---|"]
     if m.get("gpu"):
         lines.append(f"| GPU | {m['gpu']}, {_f(m.get('gpu_memory_gib'), '.0f')} GiB, compute capability "
-                     f"{m.get('compute_capability')}, {m.get('multiprocessors')} SMs |")
+                     f"{m.get('compute_capability')}, {m.get('multiprocessors')} SMs, "
+                     f"driver {m.get('driver')} |")
     lines += [f"| CPU | {m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores |",
               f"| versions | Python {v.get('python')}, torch {v.get('torch')} (CUDA {v.get('torch_cuda')}, "
               f"cuDNN {v.get('cudnn')}), numpy {v.get('numpy')}, Lightning {v.get('pytorch_lightning')}, "
