@@ -13,6 +13,8 @@ from escnn.nn import FieldType
 from escnn.nn.modules.basismanager.basisexpansion_singleblock import normalize_basis
 from torch import nn
 
+from steerable.kernels.portable_basis import BasisBlock, BasisMismatch, reexpress
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,10 @@ class EquivariantLinear(nn.Module):
         # (e.g. to float64) would silently change the dtype of every other model's layers.
         self.linear = enn.Linear(in_type, out_type, bias=bias, recompute=True)
         self._cache: tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
-        table = _checked_expansion_table(self.linear)
+        self._basis_blocks = _readable_basis_blocks(self.linear)
+        self._saved_bases: dict[str, torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(_reexpress_loaded_weights)
+        table = _checked_expansion_table(self.linear, self._basis_blocks)
         self.sparse_expansion = table is not None
         if table is not None:
             rows, cols, values = table
@@ -99,6 +104,25 @@ class EquivariantLinear(nn.Module):
             self.expansion_values = values
         return self
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """Also saves each pair of field types' basis ``B (dim, o, i)`` (float64) as ``<prefix>basis.<k>``,
+        so that a checkpoint loads with the same meaning where escnn builds another basis
+        (:mod:`steerable.kernels.portable_basis`)."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for _, block in self._basis_blocks or ():
+            destination[prefix + block.key] = block.basis.clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Takes the saved bases out of ``state_dict`` (checkpoints without them load as before); the
+        weights are re-expressed once the child ``linear`` has loaded them (a post-load hook)."""
+        self._saved_bases = {key[len(prefix):]: state_dict[key] for key in list(state_dict)
+                             if key.startswith(prefix + "basis.") and key.count(".") == prefix.count(".") + 1}
+        for key in self._saved_bases:
+            state_dict.pop(prefix + key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def train(self, mode: bool = True):
         # Deliberately not recursing: escnn's Linear registers extra buffers in eval mode, which would
         # make checkpoints saved in one mode unloadable in the other.
@@ -113,36 +137,81 @@ class EquivariantLinear(nn.Module):
         return f"{self.in_type.size} -> {self.out_type.size}"
 
 
+def _readable_basis_blocks(linear: enn.Linear) -> list[tuple[object, BasisBlock]] | None:
+    """:func:`basis_blocks`, or None (with a warning) where escnn's layout is not recognised."""
+    try:
+        return basis_blocks(linear)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
+        log.warning("escnn basis layout not recognised (%s); using escnn's expansion", err)
+        return None
+
+
+def _reexpress_loaded_weights(layer: EquivariantLinear, incompatible_keys) -> None:
+    """Post-load hook: rewrite θ from the checkpoint's bases into this environment's (same W)."""
+    saved, layer._saved_bases = layer._saved_bases, {}
+    if not saved or layer._basis_blocks is None:
+        return
+    changed = 0
+    for _, block in layer._basis_blocks:
+        if block.key not in saved:
+            continue
+        try:
+            changed += reexpress(layer.linear.weights.data, block, saved[block.key], f"{layer} {block.key}")
+        except BasisMismatch as err:
+            raise RuntimeError(f"cannot load the weights of {layer}: {err}") from None
+    if changed:
+        layer._cache = None
+        log.info("%s: weights of %d field-type pairs re-expressed in this environment's escnn basis",
+                 layer, changed)
+
+
 def _same_values(snapshot: list[torch.Tensor], tensors: list[torch.Tensor]) -> bool:
     """Whether ``tensors`` still equal ``snapshot`` in dtype, device and every value."""
     return all(a.dtype == b.dtype and a.device == b.device and torch.equal(a, b.detach())
                for a, b in zip(snapshot, tensors, strict=True))
 
 
-def expansion_table(linear: enn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def basis_blocks(linear: enn.Linear) -> list[tuple[object, BasisBlock]]:
+    """Every pair of field types of an escnn ``Linear``: ``(io_pair, BasisBlock)``, in escnn's order.
+
+    The block's basis is escnn's ``B (dim, o, i)`` sampled again in float64 (:func:`_float64_basis`);
+    its weights are ``θ[start : start + copies·dim]`` (output field major).
+    """
+    expansion = linear.basisexpansion
+    blocks = []
+    for k, pair in enumerate(expansion._representations_pairs):
+        block = getattr(expansion, f"block_expansion_{expansion._escape_pair(pair)}")
+        basis = _float64_basis(block, expansion.points)
+        if basis.shape[-1] != 1:
+            raise ValueError("expected a basis sampled at one point (a linear layer)")
+        copies = expansion._out_count[pair[1]] * expansion._in_count[pair[0]]
+        start = expansion._weights_ranges[pair][0]
+        blocks.append((pair, BasisBlock(f"basis.{k}", basis[..., 0], start, copies)))
+    return blocks
+
+
+def expansion_table(
+    linear: enn.Linear, blocks: list[tuple[object, BasisBlock]] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The sparse map ``vec(W) = M θ`` of an escnn ``Linear`` as COO ``(rows, cols, values)``.
 
     Read from escnn's ``BlocksBasisExpansion``: for every pair of field types (``io_pair``) its basis
-    ``B (dim, o, i)``, its weight range (``dim`` weights per pair of fields, output field major) and
-    where its blocks sit in W (contiguous slices or flattened index grids). Entry
-    ``W[r, c] += B[d, a, b]·θ[j]`` becomes ``rows = r·in + c``, ``cols = j``, ``values = B[d, a, b]``.
-    Exact zeros of B are dropped. Values are float64: escnn samples its bases in float32 (errors up to
-    ~2e-8, which made float64 models equivariant only to ~3e-8), so each block is sampled again in
-    float64 here (:func:`_float64_basis`).
+    ``B (dim, o, i)`` (``blocks``, from :func:`basis_blocks` unless given), its weight range (``dim``
+    weights per pair of fields, output field major) and where its blocks sit in W (contiguous slices or
+    flattened index grids). Entry ``W[r, c] += B[d, a, b]·θ[j]`` becomes ``rows = r·in + c``,
+    ``cols = j``, ``values = B[d, a, b]``. Exact zeros of B are dropped. Values are float64: escnn
+    samples its bases in float32 (errors up to ~2e-8, which made float64 models equivariant only to
+    ~3e-8), so each block is sampled again in float64 here (:func:`_float64_basis`).
     """
     expansion = linear.basisexpansion
     n_in = expansion._input_size
     rows, cols, values = [], [], []
-    for pair in expansion._representations_pairs:
+    for pair, basis_block in basis_blocks(linear) if blocks is None else blocks:
         name = expansion._escape_pair(pair)
-        block = getattr(expansion, f"block_expansion_{name}")
-        basis = _float64_basis(block, expansion.points)
-        if basis.shape[-1] != 1:
-            raise ValueError("expected a basis sampled at one point (a linear layer)")
-        basis = basis[..., 0]  # (dim, o, i)
+        basis = basis_block.basis
         dim, o, i = basis.shape
         n_out_fields, n_in_fields = expansion._out_count[pair[1]], expansion._in_count[pair[0]]
-        start = expansion._weights_ranges[pair][0]
+        start = basis_block.start
         grid = torch.meshgrid(torch.arange(n_out_fields), torch.arange(n_in_fields), torch.arange(dim),
                               torch.arange(o), torch.arange(i), indexing="ij")
         f_out, f_in, d, a, b = (t.reshape(-1) for t in grid)
@@ -204,10 +273,12 @@ def apply_expansion_table(
     return theta.new_zeros(size).index_add(0, rows, values * theta[cols])
 
 
-def _checked_expansion_table(linear: enn.Linear):
+def _checked_expansion_table(linear: enn.Linear, blocks: list[tuple[object, BasisBlock]] | None):
     """:func:`expansion_table` if it reproduces escnn's own expansion of the current weights, else None."""
+    if blocks is None:
+        return None
     try:
-        table = expansion_table(linear)
+        table = expansion_table(linear, blocks)
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
         log.warning("escnn basis layout not recognised (%s); using escnn's expansion", err)
         return None

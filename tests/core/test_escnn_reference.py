@@ -3,7 +3,7 @@
 The irreps, lie_learn's Wigner-D matrices and the steerable kernel bases that the layers are built from
 are compared with values stored from a reference install (Python 3.11, numpy 1.26, the lie_learn 0.0.2
 wheel from PyPI). A numpy-2 environment (``make install`` on Python 3.13 builds lie_learn itself) must
-give the same numbers to 1e-12.
+give the same irreps and Wigner-D matrices to 1e-12, and kernel bases of the same span to 1e-12.
 
 Regenerate the stored values (only when escnn itself is upgraded on purpose)::
 
@@ -33,7 +33,8 @@ def _irrep_values(name: str) -> dict[str, np.ndarray]:
     for l in range(4):
         for parity in "eo":
             rep = spec.irrep(l, parity)
-            values[f"{name}/irrep/{l}{parity}"] = np.stack([np.asarray(rep(g), dtype=np.float64) for g in elements])
+            matrices = [np.asarray(rep(g), dtype=np.float64) for g in elements]
+            values[f"{name}/irrep/{l}{parity}"] = np.stack(matrices)
     values[f"{name}/std"] = np.stack([spec.std_matrix(g) for g in elements])
     return values
 
@@ -99,13 +100,44 @@ def test_the_same_quantities_are_computed(stored, computed):
     assert sorted(computed) == sorted(stored)
 
 
+def _span_residual(stored: np.ndarray, computed: np.ndarray) -> float:
+    """Largest distance of a stored basis element from the span of the computed ones (relative).
+
+    Bases ``(points, basis, o, i)``: element b is the vector of its samples over points and (o, i).
+    """
+    a = np.moveaxis(stored, 1, 0).reshape(stored.shape[1], -1)
+    b = np.moveaxis(computed, 1, 0).reshape(computed.shape[1], -1)
+    coefficients = np.linalg.lstsq(b.T, a.T, rcond=None)[0]
+    return float(np.abs(b.T @ coefficients - a.T).max() / np.abs(a).max())
+
+
 @pytest.mark.parametrize("prefix", ("lie_learn/",) + tuple(f"{name}/" for name in GROUPS))
 def test_escnn_numbers_equal_the_reference_install(stored, computed, prefix):
+    """Irreps, position matrices and Wigner-D to 1e-12; kernel bases span the same space to 1e-12.
+
+    Within repeated irreps escnn's basis is fixed only up to mixing, which follows the LAPACK build
+    (measured: cyl and ico differ by O(1) element-wise between numpy 1.26 and 2.5, with the same span);
+    layers re-express checkpoints in the local basis (``test_portable_basis.py``).
+    """
     keys = [key for key in stored if key.startswith(prefix)]
     assert keys
     for key in keys:
         assert computed[key].shape == stored[key].shape, key
-        np.testing.assert_allclose(computed[key], stored[key], rtol=0, atol=TOLERANCE, err_msg=key)
+        if "/kernel/" in key:
+            assert _span_residual(stored[key], computed[key]) <= TOLERANCE, key
+        else:
+            np.testing.assert_allclose(computed[key], stored[key], rtol=0, atol=TOLERANCE, err_msg=key)
+
+
+def test_a_kernel_basis_of_another_span_is_told_apart(stored):
+    """A mixed basis (same span) passes; one element moved by 1e-9 out of the span fails."""
+    basis = stored["cyl/kernel/1o-2e"]
+    rng = np.random.default_rng(0)
+    mixing = rng.standard_normal((basis.shape[1], basis.shape[1])) + 3 * np.eye(basis.shape[1])
+    assert _span_residual(np.einsum("pboi,cb->pcoi", basis, mixing), basis) <= TOLERANCE
+    moved = basis.copy()
+    moved[:, 0] += 1e-9 * rng.standard_normal(moved[:, 0].shape)
+    assert _span_residual(moved, basis) > TOLERANCE
 
 
 def test_the_comparison_can_fail(stored, computed):

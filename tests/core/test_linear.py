@@ -94,8 +94,8 @@ def test_no_equivariant_map_gives_zero_matrix():
 def test_wrong_table_falls_back_to_escnn(monkeypatch, caplog):
     real = linear_module.expansion_table
 
-    def shuffled(linear):
-        rows, cols, values = real(linear)
+    def shuffled(linear, *args):
+        rows, cols, values = real(linear, *args)
         return rows, cols.flip(0), values
 
     monkeypatch.setattr(linear_module, "expansion_table", shuffled)
