@@ -43,9 +43,10 @@ test: ## Fast tests (everything not marked slow)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m "not slow" $(ARGS) || [ $$? -eq 5 ]
 
 # What CI also runs in a fresh Python 3.13 + numpy 2 environment: escnn's numbers against the stored
-# reference, core layers' and models' equivariance, one experiment trained through the command line.
-SMOKE_TESTS := tests/core/test_escnn_reference.py tests/core/test_linear.py tests/core/test_point_conv.py \
-  tests/models/test_models.py tests/framework/test_experiment_smoke.py
+# reference, a checkpoint from the numpy-1 install, core layers' and models' equivariance, one
+# experiment trained through the command line.
+SMOKE_TESTS := tests/core/test_escnn_reference.py tests/core/test_portable_basis.py tests/core/test_linear.py \
+  tests/core/test_point_conv.py tests/models/test_models.py tests/framework/test_experiment_smoke.py
 test-smoke: ## Smoke subset (escnn reference values, core + model equivariance, a 2-step experiment)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m "not slow" $(SMOKE_TESTS) $(ARGS)
 
