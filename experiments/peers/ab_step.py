@@ -2,9 +2,10 @@
 
     OMP_NUM_THREADS=1 python experiments/peers/ab_step.py "A overrides" "B overrides" [rounds]
 
-Both models are built from ``experiment=nbody`` plus their overrides (space-separated) and trained
-on the same batch of 100 systems, alternating one step each for ``rounds`` rounds. Reports the
-median wall and process-CPU time per step (forward, backward, AdamW) and the B/A ratio.
+Both models are built from ``experiment=nbody`` (or the ``experiment=`` among their overrides) plus
+their overrides (space-separated) and trained on the same training batch, alternating one step each
+for ``rounds`` rounds. Reports the median wall and process-CPU time per step (forward, backward,
+AdamW) and the B/A ratio.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def main(argv: list[str]) -> None:
 
     def step(model, opt, batch):
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.mse_loss(model(batch), batch.y).backward()
+        out = model(batch)
+        torch.nn.functional.mse_loss(out, batch.y.to(out.dtype)).backward()
         opt.step()
 
     for run in runs:
@@ -44,8 +46,9 @@ def main(argv: list[str]) -> None:
     med = [(statistics.median(w), statistics.median(c)) for w, c in times]
     for name, spec, (w, c), run in zip("AB", specs, med, runs):
         params = sum(p.numel() for p in run[0].parameters())
-        print(f"{name} [{' '.join(spec) or 'default'}] params={params}: wall {w * 1e3:.1f} ms/step "
-              f"({100 / w:.0f} samples/s), cpu {c * 1e3:.1f} ms/step ({100 / c:.0f} samples/s)")
+        n = run[2].num_graphs
+        print(f"{name} [{' '.join(spec) or 'default'}] params={params} batch={n}: wall {w * 1e3:.1f} ms/step "
+              f"({n / w:.0f} samples/s), cpu {c * 1e3:.1f} ms/step ({n / c:.0f} samples/s)")
     print(f"B/A: wall {med[1][0] / med[0][0]:.3f}, cpu {med[1][1] / med[0][1]:.3f}  "
           f"(threads={torch.get_num_threads()}, rounds={rounds})")
 

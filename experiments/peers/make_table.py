@@ -31,8 +31,11 @@ KEYS = {
     "max_time": "trainer.max_time",
     "max_epochs": "trainer.max_epochs",
     "seed": "seed",
+    "lr": "task.optimizer.lr",
+    "scheduler": "task.scheduler._target_",
 }
-HEADER = ["model", "overrides", "budget", "epochs run", "train samples/s", "best val", "test", "seed", "run"]
+HEADER = ["model", "overrides", "budget", "epochs run", "train samples/s", "best val", "test", "lr", "seed",
+          "run"]
 # command-line overrides every run of a recipe shares (budget, logging): left out of the overrides column
 COMMON = ("experiment=", "model=", "trainer.max_epochs=", "trainer.max_time=", "callbacks", "logger=",
           "hydra.", "paths.")
@@ -56,6 +59,12 @@ def model_name(row: dict[str, Any]) -> str:
         width = f" {row['num_features']} feat" if row["num_features"] is not None else ""
         return f"{target} ({row['kernel']}){width}"
     return target
+
+
+def learning_rate(row: dict[str, Any]) -> str:
+    """``1e-03``, plus the scheduler's class name when there is one (``1e-03 CosineAnnealingLR``)."""
+    lr = "?" if row["lr"] is None else f"{float(row['lr']):.0e}"
+    return f"{lr} {str(row['scheduler']).rsplit('.', 1)[-1]}" if row["scheduler"] else lr
 
 
 def budget(row: dict[str, Any]) -> str:
@@ -88,7 +97,7 @@ def table_rows(rows: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
         run = Path(row["run_dir"])
         out.setdefault(task_of(row), []).append([
             model_name(row), overrides(row["run_dir"]), budget(row), None if epochs is None else int(epochs),
-            None if speed is None else round(speed, 1), val, test, row["seed"],
+            None if speed is None else round(speed, 1), val, test, learning_rate(row), row["seed"],
             f"{run.parent.name}/{run.name}"])
     return out
 

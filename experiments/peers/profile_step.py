@@ -2,8 +2,9 @@
 
     OMP_NUM_THREADS=1 python experiments/peers/profile_step.py [model=nbody|egnn] [key=value ...]
 
-Builds the model from the Hydra config of ``experiment=nbody`` (+ the given overrides), takes one
-training batch of the default split (100 systems), and times ``steps`` forward+backward+AdamW steps;
+Builds the model from the Hydra config of ``experiment=nbody`` (or the ``experiment=`` given) plus the
+overrides, takes one training batch of the training split (100 N-body systems by default), and times
+``steps`` forward+backward+AdamW steps;
 then profiles a few with ``torch.profiler`` and prints the top operators and the share of the
 implicit kernel's parts (φ's edge inputs, φ's hidden layers, the node-wise contraction, the rest).
 """
@@ -24,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def build(overrides: list[str]):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=nbody", "logger=none", *overrides],
+        base = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=nbody"]
+        cfg = compose("train", overrides=[*base, "logger=none", *overrides],
                       return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.root_dir = str(REPO)
