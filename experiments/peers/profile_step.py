@@ -92,7 +92,9 @@ def label_parts() -> None:
     from steerable.models import blocks
 
     def wrap(owner, name, label):
-        original = getattr(owner, name)
+        original = getattr(owner, name, None)
+        if original is None:  # not used by this version of the layer
+            return
 
         @functools.wraps(original)
         def labelled(*args, **kwargs):
@@ -105,6 +107,7 @@ def label_parts() -> None:
     wrap(ImplicitKernel, "weight_and_bias", "part/Hom weight expansion")
     wrap(point_conv, "contract_messages", "part/node-wise contraction")
     wrap(point_conv, "segment_layout", "part/segment layout")
+    wrap(point_conv, "cached_segment_layout", "part/segment layout")
     wrap(point_conv.ImplicitPointConv, "forward", "part/conv (all)")
     wrap(blocks.SteerableBlock, "forward", "part/block (conv+norm+gate)")
 
