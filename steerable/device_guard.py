@@ -120,6 +120,12 @@ ALLOWED: dict[str, Allowance] = {
     "nn/analytic.py:AnalyticPointConv.forward": Allowance(
         "escnn's kernel-basis sampling checks its inputs with asserts (python -O removes them); the "
         "analytic baseline is escnn's own layer, not a fork", via="escnn/"),
+    "train.py": Allowance(
+        "the Trainer's own loop below the entry point (e.g. torch.optim's step counters, which Adam "
+        "keeps on the host); host tensors only, so a device sync inside Lightning is still reported",
+        host_only=True),
+    "evaluate.py": Allowance(
+        "the Trainer's own loop below the entry point; host tensors only", host_only=True),
     "geometry.py": Allowance(
         "graph construction (kNN, FPS, radius) has data-dependent sizes; in training it runs in the "
         "data-loader workers unless model.hierarchy_in_loader=false"),
