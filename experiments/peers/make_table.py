@@ -68,7 +68,9 @@ def learning_rate(row: dict[str, Any]) -> str:
 
 
 def budget(row: dict[str, Any]) -> str:
-    return f"{row['max_time']} wall" if row["max_time"] else f"{row['max_epochs']} epochs"
+    if row["max_time"]:
+        return f"{row['max_time']} wall, ≤ {row['max_epochs']} epochs"
+    return f"{row['max_epochs']} epochs"
 
 
 def task_of(row: dict[str, Any]) -> str:

@@ -47,7 +47,7 @@ def test_equal_wall_clock_sweep_and_table(tmp_path):
     assert set(rows) >= {"NBodyModel (implicit) 16 feat", "EGNN 4×64"}
     assert rows["NBodyModel (implicit) 16 feat"][1] == "`dataset=nbody_tiny` `seed=1`"
     egnn = json.loads((sweep / "1" / "metrics.json").read_text())
-    assert rows["EGNN 4×64"][2] == "00:00:00:04 wall"
+    assert rows["EGNN 4×64"][2] == "00:00:00:04 wall, ≤ 100000 epochs"
     assert rows["EGNN 4×64"][1] == "`dataset=nbody_tiny` `seed=1`"  # not the recipe's (model, budget, logs)
     assert rows["EGNN 4×64"][-1] == "sweep/1"
     assert rows["EGNN 4×64"][7] == "1e-03 CosineAnnealingLR"  # experiment=nbody's optimiser
