@@ -18,6 +18,17 @@ def test_default_experiment_uses_the_standard_protocol(compose_cfg):
     assert NBodyDataModule.__init__.__defaults__[0] == 3000  # the class default agrees
 
 
+def test_default_experiment_is_the_60_minute_recipe(compose_cfg):
+    """`python -m steerable.train experiment=nbody` trains for at most 60 min, AdamW 1e-3 decayed by a
+    cosine over max_epochs (experiments/peers/README.md)."""
+    cfg = compose_cfg(["experiment=nbody", "logger=none", "trainer.max_epochs=7"])
+    assert cfg.trainer.max_time == "00:01:00:00"
+    assert cfg.task.optimizer.lr == 1.0e-3
+    assert cfg.task.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert cfg.task.scheduler.T_max == 7
+    assert cfg.model.conv.live_hidden_only is True and cfg.model.shared_phi is False
+
+
 def test_frame_k_is_the_state_after_k_times_sample_every_steps():
     """Frame 0 is the initial state and frame k the state after ``k * sample_every`` steps (EGNN's
     frame k is ours k + 1), so ``frame_in → frame_out`` spans ``(out - in) * sample_every`` steps."""

@@ -1,4 +1,5 @@
-"""``model.shared_phi``: the N-body convolutions share φ's hidden layers, evaluated once per forward."""
+"""N-body model options: `shared_phi` (φ hidden layers shared by the convolutions, run once per forward)
+and `velocity_skip` (a learnable pos + τ·vel term)."""
 
 from __future__ import annotations
 
