@@ -9,7 +9,8 @@
   same for the requeue signal (USR2) before handing it to submitit, which requeues the job.
 
 Both are in ``conf/callbacks/default.yaml``; see DESIGN.md §4 (seeds). :class:`PlotsToLoggers` draws the
-run's plots at the end of ``fit``.
+run's plots at the end of ``fit``. The plugin :class:`SyncFieldBatchNorm` extends Lightning's
+``sync_batchnorm`` to the equivariant batch norms.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from steerable.fields import FieldBatchNorm
 from steerable.seeding import mixed_seed, reseed_global
 
 log = logging.getLogger(__name__)
@@ -298,3 +301,27 @@ class PlotsToLoggers(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="plots", images=[str(p) for p in paths], caption=[p.stem for p in paths])
+
+
+class SyncFieldBatchNorm(TorchSyncBatchNorm):
+    """``Trainer(sync_batchnorm=True)`` for :class:`~steerable.fields.FieldBatchNorm` too.
+
+    Lightning's own layer sync converts torch's batch norms only; this plugin (``steerable.train`` passes it
+    when ``trainer.sync_batchnorm`` is true) also sets ``sync`` on every FieldBatchNorm while fitting, so
+    under DDP they normalise with the statistics of all ranks' batches together and every rank keeps the
+    same running statistics (those a single process would get on the concatenated batch).
+    """
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        _set_sync(model, True)
+        return super().apply(model)
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        _set_sync(model, False)
+        return super().revert(model)
+
+
+def _set_sync(model: torch.nn.Module, sync: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, FieldBatchNorm):
+            module.sync = sync

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from escnn.nn import FieldType
 from torch import nn
@@ -177,6 +178,11 @@ class FieldBatchNorm(nn.Module):
     is divided by sqrt(E‖x_f‖²/dim f) (running estimate in eval mode) and scaled by a learnable
     per-field weight; no centring, which would break equivariance.
 
+    With ``sync`` set (Lightning's ``sync_batchnorm``, see :class:`steerable.callbacks.SyncFieldBatchNorm`)
+    and a distributed process group of several ranks, training-mode statistics are those of the batches
+    of all ranks together: the moments ``(Σ x, Σ x², count)`` are summed over the ranks (gradients too),
+    so normalised outputs and running statistics equal a single process's over the concatenated batch.
+
     Shapes: ``x: (N, C) → (N, C)`` with ``C = field_type.size``.
     """
 
@@ -184,6 +190,7 @@ class FieldBatchNorm(nn.Module):
         super().__init__()
         self.layout = FieldLayout(field_type)
         self.momentum, self.eps = momentum, eps
+        self.sync = False
         self.weight = nn.Parameter(torch.ones(self.layout.num_fields))
         self.bias = nn.Parameter(torch.zeros(self.layout.size))
         self.register_buffer("running_mean", torch.zeros(self.layout.size))
@@ -204,13 +211,31 @@ class FieldBatchNorm(nn.Module):
         return self._affine(self.running_mean, self.running_var)
 
     def uses_batch_statistics(self, batch_size: int) -> bool:
-        """Whether :meth:`affine` normalises with the batch's statistics (training mode, batch > 1)."""
-        return self.training and batch_size > 1
+        """Whether the caller gathers the batch's moments for :meth:`affine_from_moments` (training mode,
+        batch > 1). Synchronised over ranks: always in training mode, as every rank must take part in
+        the reduction (whose total count then decides between batch and running statistics)."""
+        return self.training and (batch_size > 1 or self.synchronised)
+
+    @property
+    def synchronised(self) -> bool:
+        """Whether statistics are summed over the ranks of a distributed run (``sync`` and > 1 rank)."""
+        return self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
     def affine_from_moments(
         self, total: torch.Tensor, total_sq: torch.Tensor, count: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training-mode affine map from the moments of ``count`` rows; updates the running statistics."""
+        """Training-mode affine map from the moments of ``count`` rows; updates the running statistics.
+
+        Synchronised (:attr:`synchronised`), the moments and counts of all ranks are summed first; with
+        one row over all ranks the running statistics normalise, as for a single row without ``sync``.
+        """
+        if self.synchronised:
+            total, total_sq = _SumOverRanks.apply(total, total_sq)
+            count_tensor = torch.tensor([count], dtype=torch.long, device=total.device)
+            dist.all_reduce(count_tensor)
+            count = int(count_tensor.item())
+            if count <= 1:
+                return self._affine(self.running_mean, self.running_var)
         lay = self.layout
         channel_mean = total / count
         mean = torch.where(lay.trivial_channel, channel_mean, torch.zeros_like(channel_mean))
@@ -227,6 +252,23 @@ class FieldBatchNorm(nn.Module):
         scale = (self.weight * torch.rsqrt(var + self.eps))[lay.field_of_channel]
         bias = torch.where(lay.trivial_channel, self.bias, torch.zeros_like(self.bias))
         return scale, bias - mean * scale
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """``(Σ x, Σ x²)`` of this rank → sums over all ranks; backward sums the gradients over the ranks
+    too, since every rank's loss depends on every rank's rows through the shared statistics."""
+
+    @staticmethod
+    def forward(ctx, total: torch.Tensor, total_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        packed = torch.cat([total, total_sq])
+        dist.all_reduce(packed)
+        return packed[: total.shape[0]], packed[total.shape[0]:]
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor, grad_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        packed = torch.cat([grad_total, grad_sq])
+        dist.all_reduce(packed)
+        return packed[: grad_total.shape[0]], packed[grad_total.shape[0]:]
 
 
 def norm_affine(norm: FieldBatchNorm | None, count: int,

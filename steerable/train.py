@@ -27,7 +27,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from steerable.callbacks import SIGTERM_EXIT_CODE
+from steerable.callbacks import SIGTERM_EXIT_CODE, SyncFieldBatchNorm
 from steerable.checkpoint import (
     CONFIG_KEY,
     StoreConfig,
@@ -280,8 +280,9 @@ def _fit_and_test(cfg: DictConfig, resolved: dict[str, Any], ckpt_path: str | No
                   ) -> dict[str, float]:
     callbacks = build_callbacks(cfg, with_logger=bool(loggers))
     callbacks.append(StoreConfig(redact_secrets(resolved)))
+    layer_sync = [SyncFieldBatchNorm()] if cfg.trainer.get("sync_batchnorm") else []
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                                plugins=[*cluster_plugins(), AtomicCheckpointIO()])
+                                plugins=[*cluster_plugins(), AtomicCheckpointIO(), *layer_sync])
     for logger in loggers:
         logger.log_hyperparams(redact_secrets(resolved))
 
