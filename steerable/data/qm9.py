@@ -174,7 +174,8 @@ class QM9DataModule(SplitDataModule):
         pol = polarizability_matrix(cache["polarizability"].numpy())
         if TENSOR_TARGET in self.targets:  # qm9pack gives it in a principal-axes frame, not pos's
             z, pos = cache["z"].numpy(), cache["pos"].double().numpy()
-            pol, frame_counts = to_coordinate_frame(pol, z, pos, cache["atom_ptr"].numpy())
+            pol, frame_counts = to_coordinate_frame(pol, z, pos, cache["atom_ptr"].numpy(),
+                                                    cache["symmetry_axis"].numpy())
             for name, count in frame_counts.items():
                 key = f"polarizability_{name}"
                 self._summary[key] = self._summary.get(key, 0) + count

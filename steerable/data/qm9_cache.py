@@ -26,13 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from steerable.data.qm9_bonds import METHODS, perceive_bonds
+from steerable.data.qm9_polarizability import exact_symmetry_axes
 from steerable.data.qm9_raw import QM9Raw, qm9pack_version
 from steerable.io_utils import usual_permissions
 
 log = logging.getLogger(__name__)
 
 #: Bump when processing changes what the cache holds or how it is computed.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 #: A temporary file untouched this long (seconds) is a killed writer's leftover.
 STALE_TEMP_AGE_S = 24 * 3600.0
 
@@ -65,8 +66,9 @@ def process(raw: QM9Raw, rows: np.ndarray, workers: int = 2, progress: bool = Tr
     Returns a dict of tensors (M = len(rows), A atoms, B bonds): ``row``, ``idx`` (M,),
     ``atom_ptr`` (M+1,), ``z`` (A,), ``pos`` (A, 3) float32 Å, ``bond_ptr`` (M+1,), ``bonds`` (B, 3)
     ``(i, j, type)`` local atom indices, ``method`` (M,) index into METHODS, ``smiles_match`` (M,)
-    in {-1, 0, 1}, ``props`` (M, 12) float64, ``polarizability`` (M, 6) float64; and lists
-    ``name``, ``smiles``.
+    in {-1, 0, 1}, ``props`` (M, 12) float64, ``polarizability`` (M, 6) float64, ``symmetry_axis``
+    (M,) int8 (:func:`~steerable.data.qm9_polarizability.exact_symmetry_axes`, from the float64
+    positions: ``pos`` is float32); and lists ``name``, ``smiles``.
     """
     rows = np.asarray(rows, dtype=np.int64)
     starts, ends = raw.atom_ptr[rows], raw.atom_ptr[rows + 1]
@@ -84,10 +86,12 @@ def process(raw: QM9Raw, rows: np.ndarray, workers: int = 2, progress: bool = Tr
     atom_index = (
         np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)]) if len(rows) else []
     )
+    atom_ptr = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
+    symmetry_axis = exact_symmetry_axes(raw.z[atom_index], raw.pos[atom_index], atom_ptr)
     return {
         "row": torch.from_numpy(rows),
         "idx": torch.from_numpy(raw.index[rows]),
-        "atom_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_atoms)])).long(),
+        "atom_ptr": torch.from_numpy(atom_ptr),
         "z": torch.from_numpy(raw.z[atom_index]),
         "pos": torch.from_numpy(raw.pos[atom_index]).float(),
         "bond_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum([len(b) for b in bonds])])).long(),
@@ -96,6 +100,7 @@ def process(raw: QM9Raw, rows: np.ndarray, workers: int = 2, progress: bool = Tr
         "smiles_match": torch.tensor([r[2] for r in results], dtype=torch.int8),
         "props": torch.from_numpy(raw.props[rows]),
         "polarizability": torch.from_numpy(raw.polarizability[rows]),
+        "symmetry_axis": torch.from_numpy(symmetry_axis).to(torch.int8),
         "name": raw.name[rows].tolist(),
         "smiles": raw.smiles[rows].tolist(),
     }
@@ -167,7 +172,8 @@ def select(cache: dict, positions: np.ndarray) -> dict:
     atoms = np.concatenate([np.arange(atom_ptr[p], atom_ptr[p + 1]) for p in positions])
     bonds = np.concatenate([np.arange(bond_ptr[p], bond_ptr[p + 1]) for p in positions])
     pos_t = torch.from_numpy(np.asarray(positions, dtype=np.int64))
-    out = {k: cache[k][pos_t] for k in ("row", "idx", "method", "smiles_match", "props", "polarizability")}
+    per_molecule = ("row", "idx", "method", "smiles_match", "props", "polarizability", "symmetry_axis")
+    out = {k: cache[k][pos_t] for k in per_molecule}
     out["atom_ptr"] = torch.from_numpy(np.concatenate([[0], np.cumsum(np.diff(atom_ptr)[positions])]))
     out["bond_ptr"] = torch.from_numpy(np.concatenate([[0], np.cumsum(np.diff(bond_ptr)[positions])]))
     out["z"], out["pos"] = cache["z"][atoms], cache["pos"][atoms]

@@ -19,7 +19,7 @@ from steerable.data import qm9, qm9_bonds, qm9_cache
 from steerable.data.mol_graph import build_edges, num_bond_types
 from steerable.data.molecules import molecules_to_batch, parse_xyz, read_molecules
 from steerable.data.qm9 import SPLIT_SIZES, QM9DataModule, split_indices
-from steerable.data.qm9_polarizability import to_coordinate_frame
+from steerable.data.qm9_polarizability import exact_symmetry_axes, to_coordinate_frame
 from steerable.data.qm9_raw import NUM_MOLECULES, qm9pack_data_dir, read_qm9pack
 from steerable.data.qm9_targets import ATOM_REFERENCE_HARTREE, HARTREE_TO_MEV, polarizability_matrix
 
@@ -217,8 +217,9 @@ def test_polarizability_frame_is_rotation_equivariant(raw):
     m = 500
     ptr = raw.atom_ptr[: m + 1]
     tensors = polarizability_matrix(raw.polarizability[:m])
-    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))[0].numpy()
-    rotation *= np.linalg.det(rotation)  # proper
+    generator = torch.Generator().manual_seed(0)
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=torch.float64))[0].numpy()
+    rotation *= np.linalg.det(rotation)  # proper, orthogonal to float64 precision (water stays exactly C2v)
     pos = raw.pos[: ptr[-1]]
     before, _ = to_coordinate_frame(tensors, raw.z[: ptr[-1]], pos, ptr)
     after, _ = to_coordinate_frame(tensors, raw.z[: ptr[-1]], pos @ rotation.T, ptr)
@@ -244,6 +245,46 @@ def test_polarizability_frame_matches_bond_directions(raw, rotated):
     assert cosines[cosines[:, 0] == 1, 1].mean() > 0.3 > 0.1 > abs(cosines[cosines[:, 0] == 0, 1].mean())
 
 
+def test_water_polarizability_follows_its_symmetry(raw):
+    """Water's frame built from its atoms: the largest component lies along H–H, the smallest along
+    the plane normal, the middle one along the two-fold axis (finite-field B3LYP agrees)."""
+    row = _row(raw, "O")
+    z, pos = _molecule(raw, row)
+    oxygen, h1, h2 = pos[z == 8][0], *pos[z == 1]
+    hh = (h1 - h2) / np.linalg.norm(h1 - h2)
+    c2 = oxygen - (h1 + h2) / 2
+    c2 /= np.linalg.norm(c2)
+    normal = np.cross(hh, c2)
+    tensor, counts = to_coordinate_frame(polarizability_matrix(raw.polarizability[row:row + 1]), z, pos,
+                                         np.array([0, len(z)]))
+    for axis, value in ((hh, 8.049), (c2, 6.398), (normal, 4.492)):
+        np.testing.assert_allclose(tensor[0] @ axis, value * axis, atol=2e-3)
+    assert counts["symmetric_frames"] == 1 and counts["symmetric_in_plane_guessed"] == 0
+
+
+def test_exactly_symmetric_molecules_and_float32_positions(raw):
+    """Only QM9's exactly symmetric geometries (water and 7 with one mirror plane) take their symmetry's
+    frame; nearly symmetric ones (formaldehyde: 1e-5 Å off) keep the general rule. float32 positions
+    (the cache's) mostly cannot tell them apart, so the axis is found once on QM9's own positions."""
+    axes = exact_symmetry_axes(raw.z, raw.pos, raw.atom_ptr)
+    symmetric = np.flatnonzero(axes >= 0)
+    assert sorted(raw.smiles[symmetric]) == sorted([
+        "O", "C1OC2=CC=CC=C2O1", "C1OCC2=CC=CC=C12", "O=C1OC2=C(CCC2)O1", "O=C1CC2C3CC2C3C1",
+        "O=C1CC2C3OC2C3C1", "CC(C)N=COCC#C", "C1OCC2=CN=NC=C12"])
+    assert axes[_row(raw, "C=O")] == -1
+    rows = np.concatenate([symmetric, [_row(raw, "C=O")]])
+    starts, ends = raw.atom_ptr[rows], raw.atom_ptr[rows + 1]
+    atoms = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+    ptr = np.concatenate([[0], np.cumsum(ends - starts)])
+    z, pos, tensors = raw.z[atoms], raw.pos[atoms], polarizability_matrix(raw.polarizability[rows])
+    exact, counts = to_coordinate_frame(tensors, z, pos, ptr)
+    assert counts["symmetric_frames"] == 8 and counts["symmetric_in_plane_guessed"] == 7
+    rounded = pos.astype(np.float32).astype(np.float64)
+    assert (exact_symmetry_axes(z, rounded, ptr) != axes[rows]).sum() >= 5  # most are lost in float32
+    cached, _ = to_coordinate_frame(tensors, z, rounded, ptr, axes[rows])
+    np.testing.assert_allclose(cached, exact, atol=1e-4)
+
+
 # --- datamodule and graphs ---------------------------------------------------------------------
 
 
@@ -261,7 +302,7 @@ def test_datamodule_batches(dm):
     summary = dm.summary()
     for method in qm9_bonds.METHODS:
         assert f"bonds_by_{method}" in summary
-    assert "polarizability_mirror_sign_guessed" in summary
+    assert "polarizability_mirror_sign_guessed" in summary and "polarizability_symmetric_frames" in summary
     mean = dm.datasets["train"].y.mean(0)
     assert dm.datasets["train"].y.dtype == torch.float64  # total energies (~1e7 meV) need it
     torch.testing.assert_close(dm.target_mean[:3], mean[:3])
