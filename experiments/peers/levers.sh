@@ -3,7 +3,9 @@
 # Learning per CPU-second = (val/test MSE at equal epochs) combined with the step-time ratio of
 # experiments/peers/ab_step.py (process CPU time: robust to a loaded machine).
 #
-#   experiments/peers/levers.sh [EPOCHS]     → logs/peers/levers/<name>/, table experiments/peers/levers.md
+#   experiments/peers/levers.sh [EPOCHS]     → $LEVERS_DIR/<name>/ (default logs/peers/levers), and the table
+# LEVERS="default lr_1e-3 …" picks levers; each run takes experiment=nbody's optimiser and schedule
+# (cosine over EPOCHS) unless the lever overrides them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 epochs=${1:-15}
@@ -21,6 +23,6 @@ declare -A levers=(
 for name in ${LEVERS:-default shared_phi lr_1e-3 batch_50 features_8 phi_channels_4 velocity_skip}; do
   # shellcheck disable=SC2086
   $python -m steerable.train -m experiment=nbody "trainer.max_epochs=$epochs" ${levers[$name]} \
-    callbacks=timed logger=csv callbacks.progress_bar=null "hydra.sweep.dir=logs/peers/levers/$name"
+    callbacks=timed logger=csv callbacks.progress_bar=null "hydra.sweep.dir=${LEVERS_DIR:-logs/peers/levers}/$name"
 done
-$python experiments/peers/make_table.py logs/peers/levers/* --out experiments/peers/levers.md
+$python experiments/peers/make_table.py "${LEVERS_DIR:-logs/peers/levers}"
