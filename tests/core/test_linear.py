@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.params import slow_except
 
 from steerable.kernels import linear as linear_module
 from steerable.kernels.linear import EquivariantLinear
@@ -35,7 +36,9 @@ def _random_theta(layer: EquivariantLinear, seed: int) -> None:
             layer.linear.bias.copy_(torch.randn(layer.linear.bias.shape, generator=gen))
 
 
-@pytest.mark.parametrize("param, spec_in, spec_out", CASES, ids=IDS)
+# the regular representation of full_ico (120-dim) is slow; dn's regular representation is fast
+@pytest.mark.parametrize("param, spec_in, spec_out", slow_except(CASES, set(CASES) - {CASES[2]}, unpack=True),
+                         ids=IDS)
 def test_sparse_expansion_equals_escnn(param, spec_in, spec_out):
     G = group(*param)
     layer = EquivariantLinear(G.field_type(spec_in, on="fiber"), G.field_type(spec_out, on="fiber"))

@@ -3,6 +3,8 @@ attributes, bipartite graphs, a broken kernel that must fail, degenerate geometr
 
 All equivariance checks run in float32 at 1e-5: measured errors are ≤ 6e-7 for every group with both
 kernels (escnn's analytic bases included), so no float64 is needed; see ``python -m steerable.check``.
+The fast suite checks one group per family (:data:`helpers.params.GROUP_REPRESENTATIVES`), ``slow``
+the other groups.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from escnn.nn import GeometricTensor
+from helpers.params import GROUP_REPRESENTATIVES, slow_except
 
 from steerable.nn.analytic import AnalyticPointConv
 from steerable.nn.point_conv import ImplicitPointConv
@@ -36,7 +39,7 @@ def _types(dim: int) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
-@pytest.mark.parametrize("param", registry_groups(), ids=group_id)
+@pytest.mark.parametrize("param", slow_except(registry_groups(), GROUP_REPRESENTATIVES), ids=group_id)
 def test_equivariance_every_group(param, kernel):
     """Every registry group, both kernels, float32, random elements incl. a reflection where G has one."""
     cls, kwargs = KERNELS[kernel]
