@@ -1,4 +1,5 @@
-"""The real command line in subprocesses: train (W&B offline + CSV), evaluate, resume, multirun."""
+"""The real command line in subprocesses: train (W&B offline + CSV), evaluate, resume; local multiruns and
+two-rank DDP runs are whole trainings, marked slow."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def test_resume_continues_from_last_checkpoint(trained_run):
     assert last["epoch"] == 2 and last["global_step"] == 3 * 4
 
 
+@pytest.mark.slow
 def test_local_multirun_over_seeds(tmp_path):
     """Jobs of a local sweep run one after another in one process: each gets its own W&B run.
 
@@ -81,6 +83,7 @@ def test_local_multirun_over_seeds(tmp_path):
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["regression", "trajectory"])
 def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path, task):
     """Two CPU ranks (gloo): validation/test see every sample once (no padding by repetition) and
@@ -160,6 +163,7 @@ class FakeSubmitit(pl.Callback):
 '''
 
 
+@pytest.mark.slow
 def test_ddp_requeue_signal_on_one_rank_saves_stops_and_resumes_like_an_uninterrupted_run(tmp_path):
     """Under DDP the ranks agree to stop at the same batch: saving is collective, so a rank acting
     alone (the signal reached it first) would hang the run. The requeued job resumes mid-epoch: every
