@@ -14,15 +14,8 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _small_problem_settings():
-    """Per test: seeded torch RNG, one intra-op thread, escnn's warnings silenced.
-
-    The tensors here are tiny; with several threads on a busy 2-core machine, OpenMP waits dominate
-    (measured: an escnn point conv forward takes ~1 s with 2 threads under load vs 0.06 s with 1).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """Per test: seeded torch RNG, escnn's warnings silenced (one intra-op thread: ``tests/conftest.py``)."""
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         yield
-    torch.set_num_threads(threads)
