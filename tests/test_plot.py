@@ -56,6 +56,7 @@ def test_kernel_is_steerable_under_a_random_rotation(run_dir, tmp_path):
         assert_png(pngs[1])
 
 
+@pytest.mark.slow  # a subprocess; main()'s option errors are tested in process below
 def test_cli_with_explicit_checkpoint(run_dir, tmp_path):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     command = [sys.executable, "-m", "steerable.plot", f"run_dir={run_dir}", f"ckpt_path={ckpt}", "layer=0",

@@ -267,6 +267,7 @@ def test_baseline_mse_exact_for_free_particles():
     assert base["no_motion"] == pytest.approx(torch.mean((2.0 * vel) ** 2).item())
 
 
+@pytest.mark.slow  # a subprocess; main()'s option errors are tested in process below
 def test_cli_subprocess(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "steerable.data.nbody", f"out={tmp_path}", "n_train=4", "n_val=2",

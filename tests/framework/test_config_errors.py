@@ -72,7 +72,7 @@ def test_ddp_in_a_local_multirun_is_refused(monkeypatch, tmp_path, capsys):
     assert "error: trainer=ddp in a local multirun" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("user_setting", [None, "1"])
+@pytest.mark.parametrize("user_setting", [None, pytest.param("1", marks=pytest.mark.slow)])
 def test_processes_a_run_starts_follow_the_users_hydra_full_error(monkeypatch, tmp_path, user_setting):
     """Lightning starts DDP ranks 1… by re-running the command with the environment of rank 0's
     process: a config error there is one line too, unless the user asked for tracebacks."""
