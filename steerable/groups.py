@@ -327,7 +327,7 @@ def build_group(
 
 
 def _rotation_order(name: str, N) -> int:
-    """``N`` as an int ≥ 2, or a GroupError (``N=2.5`` used to be truncated silently to C2)."""
+    """``N`` as an int ≥ 2, or a GroupError (``N=2.5`` is refused, not truncated to C2)."""
     try:
         value = float(N)
     except (TypeError, ValueError):
