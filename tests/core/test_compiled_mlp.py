@@ -41,8 +41,12 @@ def _output_and_grads(conv, x, pos, edge_index):
                                     *[p.grad.flatten() for p in conv.parameters() if p.grad is not None]])
 
 
-@pytest.mark.parametrize("options", [dict(), dict(nonlinearity="norm", chunk_edges=16), dict(training=False)],
-                         ids=["gated", "norm_chunked", "eval"])
+# the default (gated) in the fast suite; the norm nonlinearity with chunking, and eval mode, under slow
+OPTIONS = [dict(), pytest.param(dict(nonlinearity="norm", chunk_edges=16), marks=pytest.mark.slow),
+           pytest.param(dict(training=False), marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=["gated", "norm_chunked", "eval"])
 def test_compiled_equals_eager(options):
     """Same outputs and gradients (inputs, positions, every parameter) as eager, in float64."""
     options = dict(options)

@@ -195,6 +195,7 @@ def test_ddp_requeue_signal_on_one_rank_saves_stops_and_resumes_like_an_uninterr
         torch.testing.assert_close(weights[0][name], value, rtol=1e-6, atol=1e-8, msg=name)
 
 
+@pytest.mark.slow  # fast: the same error in process and in a rank's subprocess (test_config_errors.py)
 def test_bad_group_exits_with_one_line(tmp_path):
     result = run_cli("steerable.train", "group=so4", cwd=tmp_path, timeout=120)
     assert result.returncode == 2

@@ -114,6 +114,7 @@ def test_radius_counts_only_for_radius_graphs():
         evaluate.check_dataset_overrides(stored, {**stored, "radius": 3.0}, model)
 
 
+@pytest.mark.slow  # builds the experiment's full-size model
 def test_polarizability_experiment_predicts_anisotropic_tensors(tmp_path):
     cfg = compose_run(["experiment=qm9_polarizability", *FAST], tmp_path)
     torch.manual_seed(0)
