@@ -19,7 +19,8 @@ def test_nbody_experiment_trains_two_steps_and_tests_under_the_device_guard(tmp_
     result = run_cli(
         "steerable.train", "experiment=nbody", "dataset=nbody_tiny", "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
-        "logger=csv", "callbacks=device_guard", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "logger=csv", "callbacks=device_guard", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     metrics = json.loads((run_dir / "metrics.json").read_text())
