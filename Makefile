@@ -64,7 +64,7 @@ gpu-check: ## One-command GPU check (tests, bench, N-body, ModelNet): DEVICE=cud
 	DEVICE="$(DEVICE)" OUT="$(OUT)" bash tools/gpu_check.sh $(ARGS)
 
 lint: ## Ruff lint
-	$(PY) -m ruff check steerable tests
+	$(PY) -m ruff check steerable tests tools
 
 clean: ## Remove caches and run outputs (keeps .venv and data/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info outputs multirun logs wandb lightning_logs
