@@ -3,10 +3,11 @@
     python experiments/peers/make_table.py SWEEP_DIR [SWEEP_DIR ...] [--out FILE]
 
 One row per run (``metrics.json`` + ``.hydra/config.yaml``), grouped by dataset (N-body, QM9):
-model, budget (``trainer.max_time`` or epochs), training epochs run, training throughput
-(``train/samples_per_s`` from ``callbacks=timed``), the best checkpoint's validation metric and the
-test metric of that checkpoint (N-body: position MSE; QM9: MAE per target in meV). Prints the
-Markdown; ``--out`` also writes it to FILE.
+model, its own overrides, budget (``trainer.max_time`` and/or epochs), training epochs run, seconds
+in the training loop and training throughput (``train/loop_s``, ``train/samples_per_s`` from
+``callbacks=timed``), the best checkpoint's validation metric, the test metric of that checkpoint
+(N-body: position MSE; QM9: MAE per target in meV), learning rate and schedule. Prints the Markdown;
+``--out`` also writes it to FILE.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ KEYS = {
     "lr": "task.optimizer.lr",
     "scheduler": "task.scheduler._target_",
 }
-HEADER = ["model", "overrides", "budget", "epochs run", "train samples/s", "best val", "test", "lr", "seed",
-          "run"]
+HEADER = ["model", "overrides", "budget", "epochs run", "train loop s", "train samples/s", "best val", "test",
+          "lr", "seed", "run"]
 # command-line overrides every run of a recipe shares (budget, logging): left out of the overrides column
 COMMON = ("experiment=", "model=", "trainer.max_epochs=", "trainer.max_time=", "callbacks", "logger=",
           "hydra.", "paths.")
@@ -95,11 +96,12 @@ def table_rows(rows: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
         metrics = row["metrics"]
         val, test = metric_cells(row)
         epochs = metrics.get("train/epochs_done")
-        speed = metrics.get("train/samples_per_s")
+        speed, loop = metrics.get("train/samples_per_s"), metrics.get("train/loop_s")
         run = Path(row["run_dir"])
         out.setdefault(task_of(row), []).append([
             model_name(row), overrides(row["run_dir"]), budget(row), None if epochs is None else int(epochs),
-            None if speed is None else round(speed, 1), val, test, learning_rate(row), row["seed"],
+            None if loop is None else round(loop), None if speed is None else round(speed, 1), val, test,
+            learning_rate(row), row["seed"],
             f"{run.parent.name}/{run.name}"])
     return out
 
