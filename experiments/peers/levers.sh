@@ -19,6 +19,8 @@ declare -A levers=(
   [features_8]="model.num_features=8"
   [phi_channels_4]="model.conv.channels=4"
   [velocity_skip]="model.velocity_skip=1.0"
+  [lr_2e-3]="task.optimizer.lr=2.0e-3"
+  [wd_1e-2]="task.optimizer.weight_decay=1.0e-2"
 )
 for name in ${LEVERS:-default shared_phi lr_1e-3 batch_50 features_8 phi_channels_4 velocity_skip}; do
   # shellcheck disable=SC2086
