@@ -182,6 +182,8 @@ def check_tokens(tokens: list[str]) -> None:
         check_make(args)
     elif program in ("bash", "sh"):
         check_shell_script(args)
+    elif program.endswith(".sh") and "/" in program:  # a repository script run directly
+        check_shell_script([program, *args])
     elif program not in EXTERNAL:
         raise DocCommandError(f"no dry-run check for {program!r}: add one to tests/test_docs.py")
 
