@@ -1,6 +1,6 @@
 """Reference (per-edge kernels) vs node-wise contraction: forward+backward time and peak memory.
 
-Issue 3's side-by-side check, one shape per line (the full benchmark is ``python -m steerable.bench``).
+A quick side-by-side check, one shape per line (the full benchmark is ``python -m steerable.bench``).
 Each (shape, path) runs in its own subprocess so the peak-memory figure (``VmHWM`` over the baseline
 right before the step) is not polluted by the other path; see :mod:`steerable.bench.worker`.
 
