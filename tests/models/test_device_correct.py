@@ -16,6 +16,7 @@ The guard itself is shown to catch a deliberately careless module, directly and 
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from torchmetrics import MeanMetric
 
 from steerable.checkpoint import build, build_model_and_task, connect_loader_transform
 from steerable.device_guard import PACKAGE_ROOT, Allowance, DeviceGuard, DeviceGuardCallback, DeviceViolation
+from steerable.gpu_check.clouds import write_hdf5_dataset
 from steerable.groups import build_group
 from steerable.kernels.linear import EquivariantLinear
 from steerable.models.blocks import check_batch
@@ -38,7 +40,10 @@ from steerable.tasks.base import EpochMean
 from steerable.tasks.trajectory import TrajectoryTask
 
 HERE = Path(__file__).resolve().parent
-MODELNET = Path(__file__).resolve().parents[3] / "shared" / "data" / "modelnet40"
+SHARED_MODELNET = Path(__file__).resolve().parents[3] / "shared" / "data" / "modelnet40"
+# without the shared real files: generated clouds in ModelNet-40's HDF5 layout, read by the real loader
+GENERATED_MODELNET = Path(tempfile.gettempdir()) / "steerable-tests-generated-modelnet40"
+MODELNET = SHARED_MODELNET if SHARED_MODELNET.is_dir() else GENERATED_MODELNET
 # smaller than the recipes (where a model has the option): the checks do not depend on the size
 SHRINK = {"num_blocks": 1, "num_layers": 2, "num_features": 4, "hidden": 16, "head_hidden": 16,
           "conv.channels": 4, "conv.n_layers": 2,
@@ -79,8 +84,7 @@ def recipe(model: str) -> list[str]:
             if dataset and (CONF_DIR / "dataset" / f"{dataset}_tiny.yaml").exists():
                 overrides.append(f"dataset={dataset}_tiny")
             if dataset and dataset.startswith("modelnet40"):
-                overrides += ([f"paths.modelnet40={MODELNET}"] if MODELNET.is_dir()  # else synthetic clouds
-                              else ["dataset=synthetic", "dataset.kind=classification"])
+                overrides.append(f"paths.modelnet40={MODELNET}")
             return overrides
     raise AssertionError(f"no experiment selects model={model}: add one (conf/experiment/) so the device "
                          "checks know its dataset")
@@ -92,6 +96,8 @@ CASES = {name: recipe(name) for name in MODELS} | {
 
 
 def compose_case(name: str, run_dir: Path):
+    if MODELNET == GENERATED_MODELNET and not (MODELNET / "shape_names.txt").is_file():
+        write_hdf5_dataset(MODELNET, n_train=80, n_test=40, points=256)
     cfg = compose_run([*CASES[name], *FAST], run_dir)
     with open_dict(cfg):
         for section, values in (("model", SHRINK), ("dataset", DATA)):
