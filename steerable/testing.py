@@ -174,3 +174,22 @@ def assert_equivariant_grid_module(module: torch.nn.Module, x: GeometricTensor,
 def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """‖actual − expected‖ / ‖expected‖ (for comparing two implementations)."""
     return relative_error(actual.detach(), expected.detach())
+
+
+def outputs_and_gradients_by_path(conv: torch.nn.Module, x: torch.Tensor, pos: Pair, edge_index: torch.Tensor,
+                                  weights: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Run a point conv on its ``reference`` (per-edge) and ``nodewise`` paths; loss ``Σ out·weights``.
+
+    ``x`` must require gradients. Returns, per path, ``[out, ∂loss/∂x, ∂loss/∂θ]`` with the parameters'
+    gradients as one vector. The conv is left on its ``nodewise`` path.
+    """
+    results = {}
+    for path in ("reference", "nodewise"):
+        conv.path = path
+        conv.zero_grad(set_to_none=True)
+        x.grad = None
+        out = conv(x, pos, edge_index)
+        (out * weights).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in conv.parameters() if p.grad is not None])
+        results[path] = [out.detach(), x.grad.clone(), grads]
+    return results

@@ -9,6 +9,7 @@ import pytest
 from steerable.bench.__main__ import main
 from steerable.bench.measure import timed_repeats
 from steerable.bench.report import format_table, memory_slopes, summarise
+from steerable.testing import outputs_and_gradients_by_path
 
 ROW_FIELDS = {"shape", "variant", "nodes", "edges", "c_in", "c_out", "step_s", "peak_mb", "tensor_peak_mb",
               "memory_method", "threads"}
@@ -115,16 +116,9 @@ def test_nodewise_matches_reference_on_every_contraction_layout(aggr):
     for mode, edge_index in graphs:
         assert segment_layout(edge_index[1], n).mode == mode
         x = torch.randn(n, conv.in_type.size, generator=gen, dtype=torch.float64, requires_grad=True)
-        results = []
-        for path in ("reference", "nodewise"):
-            conv.path = path
-            conv.zero_grad(set_to_none=True)
-            x.grad = None
-            out = conv(x, pos, edge_index)
-            (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-            results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in conv.parameters()
-                                                            if p.grad is not None]])
-        for a, b in zip(*results, strict=True):
+        weights = torch.linspace(-1, 1, n * conv.out_type.size, dtype=torch.float64).view(n, -1)
+        results = outputs_and_gradients_by_path(conv, x, pos, edge_index, weights)
+        for a, b in zip(results["reference"], results["nodewise"], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 

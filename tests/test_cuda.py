@@ -28,7 +28,12 @@ from steerable.models.modelnet import ModelNetModel
 from steerable.models.nbody import NBodyModel
 from steerable.models.qm9 import QM9Model
 from steerable.nn.point_conv import ImplicitPointConv
-from steerable.testing import assert_equivariant_point_module, random_point_inputs, relative_difference
+from steerable.testing import (
+    assert_equivariant_point_module,
+    outputs_and_gradients_by_path,
+    random_point_inputs,
+    relative_difference,
+)
 
 pytestmark = pytest.mark.cuda
 
@@ -145,16 +150,9 @@ def test_nodewise_matches_reference(device):
         assert segment_layout(edge_index[1], n).mode == mode
         x = torch.randn(n, conv.in_type.size, generator=gen).to(device).requires_grad_(True)
         weights = torch.randn(n, conv.out_type.size, generator=gen).to(device)
-        results = []
-        for path in ("reference", "nodewise"):
-            conv.path = path
-            conv.zero_grad(set_to_none=True)
-            x.grad = None
-            out = conv(x, pos, edge_index)
-            (out * weights).sum().backward()
-            grads = torch.cat([p.grad.flatten() for p in conv.parameters() if p.grad is not None])
-            results.append([out.detach(), x.grad.clone(), grads])
-        for reference, nodewise in zip(*results, strict=True):  # parameters' gradients as one vector:
+        results = outputs_and_gradients_by_path(conv, x, pos, edge_index, weights)
+        # parameters' gradients as one vector:
+        for reference, nodewise in zip(results["reference"], results["nodewise"], strict=True):
             assert reference.device.type == device.type
             assert relative_difference(nodewise, reference) <= TOL, mode  # small ones cancel in float32
 
