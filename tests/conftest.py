@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.runs import compose_run
+from helpers.runs import REPO, compose_run
 from omegaconf import DictConfig
+
+
+def _own_inductor_cache() -> None:
+    """Compiled graphs (``compile_mlp``) are cached per checkout, Python and torch build.
+
+    Inductor's default cache (``/tmp/torchinductor_<user>``) is shared by every checkout, venv and
+    torch version on the machine; a graph cached by another process state must not decide whether
+    a test passes. A user's explicit ``TORCHINDUCTOR_CACHE_DIR`` is kept. Subprocesses inherit it.
+    """
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".cache" / f"inductor-{tag}"))
+
+
+_own_inductor_cache()
 
 
 @pytest.fixture(autouse=True)
