@@ -21,6 +21,10 @@ declare -A levers=(
   [velocity_skip]="model.velocity_skip=1.0"
   [lr_2e-3]="task.optimizer.lr=2.0e-3"
   [wd_1e-2]="task.optimizer.weight_decay=1.0e-2"
+  [velocity_attrs]="model.velocity_attrs=true"
+  [centered_input]="model.centered_input=true"
+  [feature_attrs]="model.feature_attrs=true"
+  [lr_2e-3_batch_50]="task.optimizer.lr=2.0e-3 dataset.batch_size=50"
 )
 for name in ${LEVERS:-default shared_phi lr_1e-3 batch_50 features_8 phi_channels_4 velocity_skip}; do
   # shellcheck disable=SC2086

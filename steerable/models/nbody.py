@@ -13,10 +13,18 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch_geometric.utils import scatter
 
 from steerable.groups import build_group
 from steerable.kernels.implicit import share_trunk
-from steerable.models.blocks import SteerableBlock, add_self_loops, build_point_conv, check_batch
+from steerable.models.blocks import (
+    InvariantMap,
+    SteerableBlock,
+    add_self_loops,
+    build_point_conv,
+    check_batch,
+    graph_index,
+)
 from steerable.models.qm9 import natural_parity_spec
 
 
@@ -29,6 +37,15 @@ class NBodyModel(nn.Module):
         num_features, band_limit: hidden feature type ``num_features × (0e ⊕ 1o ⊕ …)``.
         num_layers: steerable blocks before the output convolution.
         edge_attrs: charge products into the kernel MLP; node_attrs: charges into the kernel MLP.
+        velocity_attrs: velocities into the kernel MLP as node attributes (vector fields, next to
+            the charges): φ sees v_i and v_j, so each kernel depends on how the pair moves, not only
+            on where it sits (messages stay linear in the features). Implicit kernels only.
+        feature_attrs: each convolution's φ also sees the invariants of that convolution's input
+            features at source and target (trivial channels and the norms of the other fields,
+            :class:`~steerable.models.blocks.InvariantMap`): the kernels, hence the messages, become
+            nonlinear functions of the features, as in EGNN's and SEGNN's message MLPs. Implicit only.
+        centered_input: the position relative to the system's mean position, ``pos − mean(pos)``,
+            as a further input vector field (translation-invariant, rotates with the system).
         shared_phi: one set of φ hidden layers (and radial window) for every convolution, evaluated
             once per forward (all convolutions see the same graph); each keeps its own Hom layer.
             Implicit kernels only.
@@ -56,29 +73,42 @@ class NBodyModel(nn.Module):
         conv: dict[str, Any] | None = None,
         shared_phi: bool = False,
         velocity_skip: float | None = None,
+        velocity_attrs: bool = False,
+        centered_input: bool = False,
+        feature_attrs: bool = False,
     ):
         super().__init__()
-        if shared_phi and kernel != "implicit":
-            raise ValueError(f"shared_phi needs implicit kernels (an MLP φ to share), got kernel={kernel!r}")
+        implicit_only = (
+            ("shared_phi", shared_phi),
+            ("velocity_attrs", velocity_attrs),
+            ("feature_attrs", feature_attrs),
+        )
+        for option, value in implicit_only:
+            if value and kernel != "implicit":
+                raise ValueError(f"{option} needs implicit kernels (an MLP φ), got kernel={kernel!r}")
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
         self.edge_attrs, self.node_attrs = edge_attrs, node_attrs
-        vector = g.gspace.type(g.std_rep)
-        in_type = g.gspace.type(g.std_rep, g.gspace.trivial_repr)
+        self.velocity_attrs, self.centered_input = velocity_attrs, centered_input
+        vector, trivial = g.gspace.type(g.std_rep), g.gspace.trivial_repr
+        in_type = g.gspace.type(*[g.std_rep] * (1 + centered_input), trivial)
+        node_attr_reps = [trivial] * node_attrs + [g.std_rep] * velocity_attrs
         feat_type = g.field_type(natural_parity_spec(num_features, band_limit, g.dim))
-        args = dict(
-            kernel=kernel,
-            group=g,
-            conv_kwargs=conv,
-            edge_attr_type="1x0e" if edge_attrs else None,
-            node_attr_type="1x0e" if node_attrs else None,
-        )
         types = [in_type] + [feat_type] * num_layers
+        # one invariant map per convolution (its input type), or none
+        self.invariants = nn.ModuleList(InvariantMap(t) for t in types) if feature_attrs else None
+
+        def attr_type(layer: int):
+            reps = node_attr_reps + [trivial] * (self.invariants[layer].out_size if feature_attrs else 0)
+            return g.gspace.type(*reps) if reps else None
+
+        edge_attr_type = "1x0e" if edge_attrs else None
         self.blocks = nn.ModuleList(
-            SteerableBlock(in_type=a, out_type=b, **args) for a, b in zip(types, types[1:])
+            SteerableBlock(kernel, g, a, b, conv, edge_attr_type, attr_type(layer))
+            for layer, (a, b) in enumerate(zip(types, types[1:]))
         )
         self.readout = build_point_conv(
-            kernel, g, feat_type, vector, conv, args["edge_attr_type"], args["node_attr_type"]
+            kernel, g, feat_type, vector, conv, edge_attr_type, attr_type(num_layers)
         )
         self.output_type = vector
         convs = [block.conv for block in self.blocks] + [self.readout]
@@ -91,10 +121,25 @@ class NBodyModel(nn.Module):
         pos = batch.pos
         edge_attr = batch.edge_attr if self.edge_attrs else None
         edge_index, edge_attr = add_self_loops(batch.edge_index, pos.shape[0], edge_attr)
-        node_attr = batch.charge if self.node_attrs else None
-        h = torch.cat([batch.vel, batch.charge], dim=-1)
+        vectors = [batch.vel, pos - _system_mean(pos, batch)] if self.centered_input else [batch.vel]
+        h = torch.cat([*vectors, batch.charge], dim=-1)
         with self.trunk.scope() if self.trunk is not None else nullcontext():
-            for block in self.blocks:
-                h = block(h, pos, edge_index, edge_attr, node_attr)
+            for layer, block in enumerate(self.blocks):
+                h = block(h, pos, edge_index, edge_attr, self._node_attr(batch, h, layer))
+            node_attr = self._node_attr(batch, h, len(self.blocks))
             delta = self.readout(h, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr)
         return pos + delta if self.tau is None else pos + self.tau * batch.vel + delta
+
+    def _node_attr(self, batch, h: torch.Tensor, layer: int) -> torch.Tensor | None:
+        """``(N, B)`` node attributes of convolution ``layer``'s φ, in the order of its attribute type:
+        charges, velocities, the invariants of its input features ``h``."""
+        parts = [batch.charge] * self.node_attrs + [batch.vel] * self.velocity_attrs
+        if self.invariants is not None:
+            parts.append(self.invariants[layer](h))
+        return torch.cat(parts, dim=-1) if parts else None
+
+
+def _system_mean(pos: torch.Tensor, batch) -> torch.Tensor:
+    """``(N, d)``: the mean position of each node's system."""
+    index, num_systems = graph_index(batch)
+    return scatter(pos, index, dim=0, dim_size=num_systems, reduce="mean")[index]

@@ -1,5 +1,7 @@
-"""N-body model options: `shared_phi` (φ hidden layers shared by the convolutions, run once per forward)
-and `velocity_skip` (a learnable pos + τ·vel term)."""
+"""N-body model options: `shared_phi` (φ hidden layers shared by the convolutions, run once per forward),
+`velocity_skip` (a learnable pos + τ·vel term), `velocity_attrs` (velocities into φ), `feature_attrs`
+(the invariants of each convolution's input into its φ) and `centered_input` (pos − the system's mean
+as an input)."""
 
 from __future__ import annotations
 
@@ -79,3 +81,75 @@ def test_velocity_skip_starts_from_constant_velocity_and_stays_equivariant():
     model.train()
     (grad,) = torch.autograd.grad(model(batch).square().sum(), [model.tau])
     assert grad.abs() > 0
+
+
+def _system_shifted(batch, shifts: torch.Tensor):
+    """A copy of ``batch`` with system b's positions moved by ``shifts[b]`` (each system its own shift)."""
+    moved = batch.clone()
+    moved.pos = batch.pos + shifts[batch.batch]
+    return moved
+
+
+@pytest.mark.parametrize("options", [{"velocity_attrs": True}, {"centered_input": True},
+                                     {"velocity_attrs": True, "centered_input": True}])
+def test_velocity_attrs_and_centered_input_stay_equivariant(options):
+    batch = _particles(torch.Generator().manual_seed(7))
+    torch.manual_seed(0)
+    model = NBodyModel(group={"name": "o3"}, num_features=4, num_layers=2, conv=SMALL_CONV, **options).eval()
+    assert model_error(model, batch) <= 1e-5
+    # a separate translation per system: predictions move with their own system only
+    shifts = torch.randn(int(batch.num_graphs), 3, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        torch.testing.assert_close(model(_system_shifted(batch, shifts)), model(batch) + shifts[batch.batch],
+                                   rtol=1e-5, atol=1e-5)
+    conv = model.blocks[0].conv
+    # φ's attributes: the charge product, then (charge[, vel]) of source and target
+    assert conv.kernel.attr_size == 1 + 2 * (1 + 3 * options.get("velocity_attrs", False))
+    assert conv.in_type.size == 4 + 3 * options.get("centered_input", False)  # vel[, pos − mean], charge
+
+
+def test_centered_input_sees_where_a_particle_sits_in_its_system():
+    """The first convolution gets (vel, pos − its own system's mean, charge) per particle."""
+    batch = _particles(torch.Generator().manual_seed(9))
+    torch.manual_seed(0)
+    model = NBodyModel(group={"name": "o3"}, num_features=4, num_layers=2, conv=SMALL_CONV,
+                       centered_input=True).eval()
+    centred = batch.pos - torch.stack([batch.pos[batch.batch == b].mean(0) for b in range(3)])[batch.batch]
+    inputs = torch.cat([batch.vel, centred, batch.charge], dim=-1)
+    seen = []
+    hook = model.blocks[0].conv.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(batch)
+    hook.remove()
+    torch.testing.assert_close(seen[0], inputs)
+
+
+@pytest.mark.parametrize("option", ["velocity_attrs", "feature_attrs"])
+def test_attribute_options_need_implicit_kernels(option):
+    with pytest.raises(ValueError, match=f"{option} needs implicit kernels"):
+        NBodyModel(group={"name": "so3"}, kernel="analytic", num_features=4, num_layers=1, **{option: True})
+
+
+def test_feature_attrs_make_the_kernels_depend_on_the_features():
+    """Each φ gets (charge, invariants of its input): the charge and |vel| for the first convolution,
+    4 scalars and 4 vector norms of the hidden features after it; O(3)-equivariant with reflections."""
+    batch = _particles(torch.Generator().manual_seed(10))
+    torch.manual_seed(0)
+    model = NBodyModel(group={"name": "o3"}, num_features=4, num_layers=2, conv=SMALL_CONV,
+                       feature_attrs=True).eval()
+    assert model_error(model, batch) <= 1e-5
+    sizes = [conv.kernel.attr_size for conv in [*(b.conv for b in model.blocks), model.readout]]
+    assert sizes == [1 + 2 * (1 + 2), 1 + 2 * (1 + 8), 1 + 2 * (1 + 8)]
+    seen = []
+    hook = model.blocks[0].conv.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["node_attr"]), with_kwargs=True)
+    with torch.no_grad():
+        model(batch)
+    hook.remove()
+    torch.testing.assert_close(seen[0][:, 0:1], batch.charge)
+    invariants = torch.cat([batch.charge, batch.vel.norm(dim=-1, keepdim=True)], dim=-1)
+    torch.testing.assert_close(seen[0][:, 1:], invariants, rtol=1e-5, atol=1e-5)
+    model.train()
+    out = model(batch)
+    (grad,) = torch.autograd.grad(out.square().sum(), [model.blocks[1].conv.kernel.mlp[0].linear.weights])
+    assert grad.abs().sum() > 0
