@@ -43,17 +43,20 @@ class BudgetCosineLR(LRScheduler):
     Args:
         optimizer: the wrapped optimiser; each group's initial ``lr`` is its ``lr₀``.
         budget: seconds, or ``"DD:HH:MM:SS"`` (pass ``${trainer.max_time}``).
-        warmup: seconds of linear warm-up from ``lr₀ / 100`` (0: none).
+        warmup: the fraction of the budget spent in a linear warm-up from ``lr₀ / 100`` (0: none).
         eta_min: the learning rate at the end of the budget.
         clock: seconds of a monotonic clock (tests pass a fake one).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, budget: float | str, warmup: float = 0.0,
+    def __init__(self, optimizer: torch.optim.Optimizer, budget: float | str | None, warmup: float = 0.0,
                  eta_min: float = 0.0, clock=time.monotonic):
+        if budget is None:
+            raise ValueError("BudgetCosineLR needs a time budget: set trainer.max_time (DD:HH:MM:SS), "
+                             "or use an epoch-based scheduler for runs bounded by max_epochs")
         self.budget_s = budget_seconds(budget)
-        if not 0.0 <= warmup < self.budget_s:
-            raise ValueError(f"warmup must lie in [0, budget): got {warmup} s for a {self.budget_s} s budget")
-        self.warmup_s, self.eta_min, self.clock = float(warmup), float(eta_min), clock
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"warmup is a fraction of the budget in [0, 1), got {warmup}")
+        self.warmup_s, self.eta_min, self.clock = warmup * self.budget_s, float(eta_min), clock
         self.elapsed_before = 0.0  # seconds of earlier processes (restored from a checkpoint)
         self.started = clock()
         super().__init__(optimizer)

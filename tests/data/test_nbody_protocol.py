@@ -19,13 +19,14 @@ def test_default_experiment_uses_the_standard_protocol(compose_cfg):
 
 
 def test_default_experiment_is_the_60_minute_recipe(compose_cfg):
-    """`python -m steerable.train experiment=nbody` trains for at most 60 min, AdamW 1e-3 decayed by a
-    cosine over max_epochs (experiments/peers/README.md)."""
-    cfg = compose_cfg(["experiment=nbody", "logger=none", "trainer.max_epochs=7"])
-    assert cfg.trainer.max_time == "00:01:00:00"
-    assert cfg.task.optimizer.lr == 1.0e-3
-    assert cfg.task.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR"
-    assert cfg.task.scheduler.T_max == 7
+    """`python -m steerable.train experiment=nbody` trains for 60 min, AdamW 4e-3 on batches of 50, the
+    learning rate decayed by a cosine over the time budget, every step (experiments/peers/README.md)."""
+    cfg = compose_cfg(["experiment=nbody", "logger=none", "trainer.max_time=00:00:30:00"])
+    assert cfg.task.optimizer.lr == 4.0e-3 and cfg.dataset.batch_size == 50
+    assert cfg.task.scheduler._target_ == "steerable.schedules.BudgetCosineLR"
+    assert cfg.task.scheduler.budget == "00:00:30:00" and cfg.task.scheduler_interval == "step"
+    assert cfg.trainer.max_epochs >= 10_000  # the budget, not the epochs, ends the run
+    assert compose_cfg(["experiment=nbody", "logger=none"]).trainer.max_time == "00:01:00:00"
     assert cfg.model.conv.live_hidden_only is True and cfg.model.shared_phi is False
 
 

@@ -46,7 +46,7 @@ def test_cosine_over_the_budget_then_eta_min():
 
 def test_linear_warmup_then_cosine():
     clock = FakeClock()
-    scheduler = _scheduler(clock, budget=100, warmup=10)
+    scheduler = _scheduler(clock, budget=100, warmup=0.1)
     assert scheduler.get_last_lr() == [pytest.approx(0.01)]
     cosine_at_5s = 0.5 * (1 + math.cos(math.pi * 0.05))
     assert _lr_at(scheduler, clock, 5.0) == pytest.approx((0.01 + 0.99 * 0.5) * cosine_at_5s)
@@ -80,7 +80,9 @@ def test_bad_budgets_are_one_clear_error(budget, message):
     with pytest.raises(ValueError, match=message):
         budget_seconds(budget)
     with pytest.raises(ValueError, match="warmup"):
-        _scheduler(FakeClock(), budget=10, warmup=10)
+        _scheduler(FakeClock(), budget=10, warmup=1.0)
+    with pytest.raises(ValueError, match="set trainer.max_time"):
+        _scheduler(FakeClock(), budget=None)
 
 
 def test_lightning_run_anneals_within_max_time(compose_cfg, tmp_path):
