@@ -42,7 +42,8 @@ class NBodyModel(nn.Module):
             on where it sits (messages stay linear in the features). Implicit kernels only.
         feature_attrs: each convolution's φ also sees the invariants of that convolution's input
             features at source and target (trivial channels and the norms of the other fields,
-            :class:`~steerable.models.blocks.InvariantMap`): the kernels, hence the messages, become
+            :class:`~steerable.models.blocks.InvariantMap`, squashed by ``asinh`` so that growing
+            feature norms do not swamp φ's other inputs): the kernels, hence the messages, become
             nonlinear functions of the features, as in EGNN's and SEGNN's message MLPs. Implicit only.
         centered_input: the position relative to the system's mean position, ``pos − mean(pos)``,
             as a further input vector field (translation-invariant, rotates with the system).
@@ -135,7 +136,7 @@ class NBodyModel(nn.Module):
         charges, velocities, the invariants of its input features ``h``."""
         parts = [batch.charge] * self.node_attrs + [batch.vel] * self.velocity_attrs
         if self.invariants is not None:
-            parts.append(self.invariants[layer](h))
+            parts.append(torch.asinh(self.invariants[layer](h)))
         return torch.cat(parts, dim=-1) if parts else None
 
 

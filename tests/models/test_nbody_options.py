@@ -131,7 +131,7 @@ def test_attribute_options_need_implicit_kernels(option):
 
 
 def test_feature_attrs_make_the_kernels_depend_on_the_features():
-    """Each φ gets (charge, invariants of its input): the charge and |vel| for the first convolution,
+    """Each φ gets (charge, asinh of its input's invariants): the charge and |vel| for the first convolution,
     4 scalars and 4 vector norms of the hidden features after it; O(3)-equivariant with reflections."""
     batch = _particles(torch.Generator().manual_seed(10))
     torch.manual_seed(0)
@@ -147,7 +147,7 @@ def test_feature_attrs_make_the_kernels_depend_on_the_features():
         model(batch)
     hook.remove()
     torch.testing.assert_close(seen[0][:, 0:1], batch.charge)
-    invariants = torch.cat([batch.charge, batch.vel.norm(dim=-1, keepdim=True)], dim=-1)
+    invariants = torch.asinh(torch.cat([batch.charge, batch.vel.norm(dim=-1, keepdim=True)], dim=-1))
     torch.testing.assert_close(seen[0][:, 1:], invariants, rtol=1e-5, atol=1e-5)
     model.train()
     out = model(batch)
