@@ -6,8 +6,8 @@ One row per run (``metrics.json`` + ``.hydra/config.yaml``), grouped by dataset 
 model, its own overrides, budget (``trainer.max_time`` and/or epochs), training epochs run, seconds
 in the training loop and training throughput (``train/loop_s``, ``train/samples_per_s`` from
 ``callbacks=timed``), the best checkpoint's validation metric, the test metric of that checkpoint
-(N-body: position MSE; QM9: MAE per target in meV), learning rate and schedule. Prints the Markdown;
-``--out`` also writes it to FILE.
+(N-body: position MSE; QM9: MAE per target in meV), learning rate and schedule, batch size. Prints
+the Markdown; ``--out`` also writes it to FILE.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ KEYS = {
     "max_epochs": "trainer.max_epochs",
     "seed": "seed",
     "lr": "task.optimizer.lr",
+    "batch_size": "dataset.batch_size",
     "scheduler": "task.scheduler._target_",
 }
 HEADER = ["model", "overrides", "budget", "epochs run", "train loop s", "train samples/s", "best val", "test",
-          "lr", "seed", "run"]
+          "lr", "batch", "seed", "run"]
 # command-line overrides every run of a recipe shares (budget, logging): left out of the overrides column
 COMMON = ("experiment=", "model=", "trainer.max_epochs=", "trainer.max_time=", "callbacks", "logger=",
           "hydra.", "paths.")
@@ -101,7 +102,7 @@ def table_rows(rows: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
         out.setdefault(task_of(row), []).append([
             model_name(row), overrides(row["run_dir"]), budget(row), None if epochs is None else int(epochs),
             None if loop is None else round(loop), None if speed is None else round(speed, 1), val, test,
-            learning_rate(row), row["seed"],
+            learning_rate(row), row["batch_size"], row["seed"],
             f"{run.parent.name}/{run.name}"])
     return out
 

@@ -51,6 +51,7 @@ def test_equal_wall_clock_sweep_and_table(tmp_path):
     assert rows["EGNN 4×64"][1] == "`dataset=nbody_tiny` `seed=1`"  # not the recipe's (model, budget, logs)
     assert rows["EGNN 4×64"][-1] == "sweep/1"
     assert rows["EGNN 4×64"][8] == "4e-03 BudgetCosineLR"  # experiment=nbody's optimiser
+    assert rows["EGNN 4×64"][9] == "50"  # experiment=nbody sets it over the dataset's
     assert float(rows["EGNN 4×64"][7]) == pytest.approx(egnn["test/mse"], rel=1e-3)
     assert float(rows["EGNN 4×64"][5]) == pytest.approx(egnn["train/samples_per_s"], abs=0.06)
 
