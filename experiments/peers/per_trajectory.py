@@ -2,8 +2,9 @@
 
     python experiments/peers/per_trajectory.py CKPT [CKPT ...]
 
-For each checkpoint (written by ``steerable.train``): mean and median over trajectories, the share of
-the split's MSE that its worst 1 % of trajectories carry, and the mean without them.
+For each checkpoint (written by ``steerable.train``): mean and median over trajectories, the worst
+trajectory's MSE, the share of the split's MSE that its worst 1 % of trajectories carry, and the mean
+without them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from steerable.data.nbody import NBodyDataModule
 def summary(errors: torch.Tensor) -> str:
     worst = errors.sort(descending=True).values
     k = len(worst) // 100
-    return (f"mean {errors.mean():.5f} median {errors.median():.5f} worst-1% share "
+    return (f"mean {errors.mean():.5f} median {errors.median():.5f} worst {worst[0]:.4g} worst-1% share "
             f"{worst[:k].sum() / worst.sum():.2f} mean without them {worst[k:].mean():.5f}")
 
 
