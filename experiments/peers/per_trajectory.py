@@ -9,7 +9,7 @@ without them.
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import torch
 from torch_geometric.loader import DataLoader
@@ -44,4 +44,6 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="steerable.train checkpoints")
+    main(parser.parse_args().checkpoints)
