@@ -85,6 +85,7 @@ def test_bad_budgets_are_one_clear_error(budget, message):
         _scheduler(FakeClock(), budget=None)
 
 
+@pytest.mark.slow
 def test_lightning_run_anneals_within_max_time(compose_cfg, tmp_path):
     """A real fit under ``trainer.max_time`` with ``max_epochs`` out of reach: the schedule, stepped
     every optimiser step, ends the run near ``eta_min`` (the budget, not the epochs, set the decay)."""
