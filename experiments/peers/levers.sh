@@ -26,6 +26,10 @@ declare -A levers=(
   [features_8]="model.num_features=8"
   [phi_channels_4]="model.conv.channels=4"
   [wd_1e-2]="task.optimizer.weight_decay=1.0e-2"
+  [wd_1e-1]="task.optimizer.weight_decay=1.0e-1"
+  [phi_no_bn]="model.conv.batch_norm=false"
+  [position_updates]="model.position_updates=true"
+  [position_updates_feature_attrs]="model.position_updates=true model.feature_attrs=true"
 )
 for name in ${LEVERS:-default lr_2e-3 batch_100 centered_input velocity_attrs}; do
   # shellcheck disable=SC2086

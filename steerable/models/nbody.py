@@ -17,6 +17,7 @@ from torch_geometric.utils import scatter
 
 from steerable.groups import build_group
 from steerable.kernels.implicit import share_trunk
+from steerable.kernels.linear import EquivariantLinear
 from steerable.models.blocks import (
     InvariantMap,
     SteerableBlock,
@@ -45,6 +46,12 @@ class NBodyModel(nn.Module):
             :class:`~steerable.models.blocks.InvariantMap`, squashed by ``asinh`` so that growing
             feature norms do not swamp φ's other inputs): the kernels, hence the messages, become
             nonlinear functions of the features, as in EGNN's and SEGNN's message MLPs. Implicit only.
+        position_updates: after every block, each particle moves by an equivariant linear map of its
+            features (``pos ← pos + W_l h``, W_l ∈ Hom(features, vector), zero at initialisation), and
+            the later convolutions see the moved positions: the stack integrates in steps, as EGNN's
+            coordinate updates do, instead of predicting 1,000 steps from the initial geometry alone.
+            The output is the last moved position plus the readout. Not with ``shared_phi`` (which
+            evaluates φ once, on the initial geometry).
         centered_input: the position relative to the system's mean position, ``pos − mean(pos)``,
             as a further input vector field (translation-invariant, rotates with the system).
         shared_phi: one set of φ hidden layers (and radial window) for every convolution, evaluated
@@ -77,6 +84,7 @@ class NBodyModel(nn.Module):
         velocity_attrs: bool = False,
         centered_input: bool = False,
         feature_attrs: bool = False,
+        position_updates: bool = False,
     ):
         super().__init__()
         implicit_only = (
@@ -87,6 +95,9 @@ class NBodyModel(nn.Module):
         for option, value in implicit_only:
             if value and kernel != "implicit":
                 raise ValueError(f"{option} needs implicit kernels (an MLP φ), got kernel={kernel!r}")
+        if position_updates and shared_phi:
+            raise ValueError("position_updates moves the particles between convolutions, shared_phi "
+                             "evaluates φ once on the initial positions: choose one")
         self.group = build_group(**group)
         g, conv = self.group, dict(conv or {})
         self.edge_attrs, self.node_attrs = edge_attrs, node_attrs
@@ -114,6 +125,8 @@ class NBodyModel(nn.Module):
         self.output_type = vector
         convs = [block.conv for block in self.blocks] + [self.readout]
         self.trunk = share_trunk([c.kernel for c in convs]) if shared_phi else None
+        moved_by = (g.fiber.type(*feat_type.representations), g.fiber.type(g.std_rep))
+        self.moves = nn.ModuleList(_zero_move(*moved_by) for _ in self.blocks) if position_updates else None
         self.tau = None if velocity_skip is None else nn.Parameter(torch.tensor(float(velocity_skip)))
 
     def forward(self, batch) -> torch.Tensor:
@@ -127,6 +140,8 @@ class NBodyModel(nn.Module):
         with self.trunk.scope() if self.trunk is not None else nullcontext():
             for layer, block in enumerate(self.blocks):
                 h = block(h, pos, edge_index, edge_attr, self._node_attr(batch, h, layer))
+                if self.moves is not None:
+                    pos = pos + self.moves[layer](h)
             node_attr = self._node_attr(batch, h, len(self.blocks))
             delta = self.readout(h, pos, edge_index, edge_attr=edge_attr, node_attr=node_attr)
         return pos + delta if self.tau is None else pos + self.tau * batch.vel + delta
@@ -138,6 +153,21 @@ class NBodyModel(nn.Module):
         if self.invariants is not None:
             parts.append(torch.asinh(self.invariants[layer](h)))
         return torch.cat(parts, dim=-1) if parts else None
+
+
+def _zero_move(feat_type, vector) -> EquivariantLinear:
+    """``Hom_G(feat_type, vector)`` with all weights zero: a position update that starts as none.
+
+    Raises:
+        ValueError: when no equivariant map from the features to a vector exists (e.g. band limit 0).
+    """
+    move = EquivariantLinear(feat_type, vector, bias=False)
+    if move.linear.weights.numel() == 0:
+        raise ValueError(f"position_updates needs features with a field that maps onto a vector; "
+                         f"{feat_type} has none")
+    with torch.no_grad():
+        move.linear.weights.zero_()
+    return move
 
 
 def _system_mean(pos: torch.Tensor, batch) -> torch.Tensor:

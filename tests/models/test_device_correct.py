@@ -55,7 +55,7 @@ VARIANTS = {
     "nbody-chunked": ("nbody", ["model.conv.chunk_edges=40"]),
     "nbody-shared_phi": ("nbody", ["model.shared_phi=true"]),
     "nbody-attrs-centered": ("nbody", ["model.feature_attrs=true", "model.velocity_attrs=true",
-                                       "model.centered_input=true"]),
+                                       "model.centered_input=true", "model.position_updates=true"]),
     "modelnet-hierarchy_in_model-tta": ("modelnet", ["model.hierarchy_in_loader=false",
                                                      "task.tta_samples=2"]),
     "egnn-trajectory": ("egnn", ["experiment=nbody", "model=egnn", "dataset=nbody_tiny"]),

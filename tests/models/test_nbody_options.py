@@ -1,7 +1,7 @@
 """N-body model options: `shared_phi` (φ hidden layers shared by the convolutions, run once per forward),
 `velocity_skip` (a learnable pos + τ·vel term), `velocity_attrs` (velocities into φ), `feature_attrs`
-(the invariants of each convolution's input into its φ) and `centered_input` (pos − the system's mean
-as an input)."""
+(the invariants of each convolution's input into its φ), `centered_input` (pos − the system's mean
+as an input) and `position_updates` (particles moved between convolutions)."""
 
 from __future__ import annotations
 
@@ -153,3 +153,63 @@ def test_feature_attrs_make_the_kernels_depend_on_the_features():
     out = model(batch)
     (grad,) = torch.autograd.grad(out.square().sum(), [model.blocks[1].conv.kernel.mlp[0].linear.weights])
     assert grad.abs().sum() > 0
+
+
+def _moving_model() -> NBodyModel:
+    torch.manual_seed(0)
+    return NBodyModel(group={"name": "o3"}, num_features=4, num_layers=2, conv=SMALL_CONV,
+                      position_updates=True)
+
+
+def test_position_updates_start_as_none_then_move_the_later_convolutions_geometry():
+    """Zero moves at initialisation give the fixed-geometry model's output; with moves, the second
+    convolution sees pos + W_0 h_0, and the output is the last moved position plus the readout."""
+    batch = _particles(torch.Generator().manual_seed(11))
+    moving = _moving_model().eval()
+    torch.manual_seed(0)
+    fixed = NBodyModel(group={"name": "o3"}, num_features=4, num_layers=2, conv=SMALL_CONV).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(moving(batch), fixed(batch))
+        for move in moving.moves:
+            move.linear.weights.normal_(generator=torch.Generator().manual_seed(12))
+        seen = []
+        hook = moving.blocks[1].conv.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+        moving(batch)
+        hook.remove()
+    first = moving.blocks[0](torch.cat([batch.vel, batch.charge], -1), batch.pos, *_graph(moving, batch))
+    torch.testing.assert_close(seen[0], batch.pos + moving.moves[0](first).detach(), rtol=1e-5, atol=1e-5)
+    assert (seen[0] - batch.pos).abs().max() > 1e-2
+
+
+def _graph(model: NBodyModel, batch):
+    """(edge_index with self loops, edge_attr, node_attr) as the model's first convolution gets them."""
+    from steerable.models.blocks import add_self_loops
+
+    edge_index, edge_attr = add_self_loops(batch.edge_index, batch.pos.shape[0], batch.edge_attr)
+    return edge_index, edge_attr, batch.charge
+
+
+def test_position_updates_stay_equivariant_and_train():
+    batch = _particles(torch.Generator().manual_seed(13))
+    model = _moving_model()
+    with torch.no_grad():
+        for move in model.moves:
+            move.linear.weights.normal_(generator=torch.Generator().manual_seed(14))
+    model.eval()
+    assert model_error(model, batch) <= 1e-5
+    shifts = torch.randn(int(batch.num_graphs), 3, generator=torch.Generator().manual_seed(15))
+    with torch.no_grad():
+        torch.testing.assert_close(model(_system_shifted(batch, shifts)), model(batch) + shifts[batch.batch],
+                                   rtol=1e-5, atol=1e-5)
+    fresh = _moving_model().train()  # zero moves still get a gradient: the later kernels depend on pos
+    grads = torch.autograd.grad(fresh(batch).square().sum(), [m.linear.weights for m in fresh.moves])
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_position_updates_refusals():
+    with pytest.raises(ValueError, match="choose one"):
+        NBodyModel(group={"name": "o3"}, num_features=4, num_layers=1, conv=SMALL_CONV,
+                   position_updates=True, shared_phi=True)
+    with pytest.raises(ValueError, match="maps onto a vector"):
+        NBodyModel(group={"name": "o3"}, num_features=4, band_limit=0, num_layers=1, conv=SMALL_CONV,
+                   position_updates=True)
