@@ -21,15 +21,15 @@ declare -A levers=(
   [centered_input]="model.centered_input=true"
   [velocity_attrs]="model.velocity_attrs=true"
   [feature_attrs]="model.feature_attrs=true"
-  [shared_phi]="model.shared_phi=true"
+  [shared_phi]="model.shared_phi=true model.position_updates=false"
   [velocity_skip]="model.velocity_skip=1.0"
   [features_8]="model.num_features=8"
   [phi_channels_4]="model.conv.channels=4"
   [wd_1e-2]="task.optimizer.weight_decay=1.0e-2"
   [wd_1e-1]="task.optimizer.weight_decay=1.0e-1"
   [phi_no_bn]="model.conv.batch_norm=false"
-  [position_updates]="model.position_updates=true"
-  [position_updates_feature_attrs]="model.position_updates=true model.feature_attrs=true"
+  [fixed_positions]="model.position_updates=false"
+  [feature_attrs_fixed_positions]="model.feature_attrs=true model.position_updates=false"
 )
 for name in ${LEVERS:-default lr_2e-3 batch_100 centered_input velocity_attrs}; do
   # shellcheck disable=SC2086

@@ -28,6 +28,7 @@ def test_default_experiment_is_the_60_minute_recipe(compose_cfg):
     assert cfg.trainer.max_epochs >= 10_000  # the budget, not the epochs, ends the run
     assert compose_cfg(["experiment=nbody", "logger=none"]).trainer.max_time == "00:01:00:00"
     assert cfg.model.conv.live_hidden_only is True and cfg.model.shared_phi is False
+    assert cfg.model.position_updates is True
 
 
 def test_frame_k_is_the_state_after_k_times_sample_every_steps():

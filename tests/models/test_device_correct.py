@@ -53,9 +53,9 @@ DATA = {"batch_size": 4, "num_workers": 0, "num_points": 128, "num_samples": 40}
 VARIANTS = {
     "qm9-analytic": ("qm9", ["model.kernel=analytic"]),
     "nbody-chunked": ("nbody", ["model.conv.chunk_edges=40"]),
-    "nbody-shared_phi": ("nbody", ["model.shared_phi=true"]),
+    "nbody-shared_phi": ("nbody", ["model.shared_phi=true", "model.position_updates=false"]),
     "nbody-attrs-centered": ("nbody", ["model.feature_attrs=true", "model.velocity_attrs=true",
-                                       "model.centered_input=true", "model.position_updates=true"]),
+                                       "model.centered_input=true"]),
     "modelnet-hierarchy_in_model-tta": ("modelnet", ["model.hierarchy_in_loader=false",
                                                      "task.tta_samples=2"]),
     "egnn-trajectory": ("egnn", ["experiment=nbody", "model=egnn", "dataset=nbody_tiny"]),
