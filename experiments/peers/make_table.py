@@ -38,9 +38,10 @@ KEYS = {
 }
 HEADER = ["model", "overrides", "budget", "epochs run", "train loop s", "train samples/s", "best val", "test",
           "lr", "batch", "seed", "run"]
-# command-line overrides every run of a recipe shares (budget, logging): left out of the overrides column
-COMMON = ("experiment=", "model=", "trainer.max_epochs=", "trainer.max_time=", "callbacks", "logger=",
-          "hydra.", "paths.")
+# command-line overrides every run of a recipe shares (budget, schedule: the lr column names it, logging):
+# left out of the overrides column
+COMMON = ("experiment=", "model=", "trainer.max_epochs=", "trainer.max_time=", "task.scheduler",
+          "++task.scheduler", "callbacks", "logger=", "hydra.", "paths.")
 
 
 def overrides(run_dir: str) -> str:
