@@ -15,6 +15,7 @@ ROW_FIELDS = {"shape", "variant", "nodes", "edges", "c_in", "c_out", "step_s", "
               "memory_method", "threads"}
 
 
+@pytest.mark.slow  # 9 s: the fast suite tests the bench's parts (summary, budget, errors) one by one
 def test_quick_bench_writes_json_table_and_plot(tmp_path):
     out = tmp_path / "bench.json"
     # In-process and one thread keeps this fast; the real run uses one subprocess per measurement.

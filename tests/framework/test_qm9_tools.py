@@ -129,7 +129,8 @@ def test_polarizability_experiment_predicts_anisotropic_tensors(tmp_path):
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["group=r2_so2"], "model: QM9 positions are 3-D; group 'so2' (dim=2) acts on 2-D points"),
     (["dataset.radius=0"], "dataset: radius must be > 0 Å, got 0"),
-    (["experiment=qm9_polarizability", "model.band_limit=1"], "reach its anisotropic (ℓ=2, 2e) part"),
+    pytest.param(["experiment=qm9_polarizability", "model.band_limit=1"],
+                 "reach its anisotropic (ℓ=2, 2e) part", marks=pytest.mark.slow),  # builds escnn bases: 9 s
 ])
 def test_qm9_config_errors_are_one_line(cli, overrides, expected):
     experiment = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=qm9_homo"]
