@@ -11,6 +11,7 @@ from test_models import SMALL_CONV, _particles
 
 from steerable.equivariance import model_error
 from steerable.kernels.implicit import ImplicitKernel, share_trunk
+from steerable.models.blocks import add_self_loops
 from steerable.models.nbody import NBodyModel
 
 
@@ -161,6 +162,13 @@ def _moving_model() -> NBodyModel:
                       position_updates=True)
 
 
+def _randomise_moves(model: NBodyModel, seed: int) -> None:
+    """Give the (zero-initialised) position updates random weights."""
+    with torch.no_grad():
+        for move in model.moves:
+            move.linear.weights.normal_(generator=torch.Generator().manual_seed(seed))
+
+
 def test_position_updates_start_as_none_then_move_the_later_convolutions_geometry():
     """Zero moves at initialisation give the fixed-geometry model's output; with moves, the second
     convolution sees pos + W_0 h_0, and the output is the last moved position plus the readout."""
@@ -170,31 +178,23 @@ def test_position_updates_start_as_none_then_move_the_later_convolutions_geometr
     fixed = NBodyModel(group={"name": "o3"}, num_features=4, num_layers=2, conv=SMALL_CONV).eval()
     with torch.no_grad():
         torch.testing.assert_close(moving(batch), fixed(batch))
-        for move in moving.moves:
-            move.linear.weights.normal_(generator=torch.Generator().manual_seed(12))
+    _randomise_moves(moving, 12)
+    with torch.no_grad():
         seen = []
         hook = moving.blocks[1].conv.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
         moving(batch)
         hook.remove()
-    first = moving.blocks[0](torch.cat([batch.vel, batch.charge], -1), batch.pos, *_graph(moving, batch))
+    edge_index, edge_attr = add_self_loops(batch.edge_index, batch.pos.shape[0], batch.edge_attr)
+    first = moving.blocks[0](torch.cat([batch.vel, batch.charge], -1), batch.pos, edge_index, edge_attr,
+                             batch.charge)
     torch.testing.assert_close(seen[0], batch.pos + moving.moves[0](first).detach(), rtol=1e-5, atol=1e-5)
     assert (seen[0] - batch.pos).abs().max() > 1e-2
-
-
-def _graph(model: NBodyModel, batch):
-    """(edge_index with self loops, edge_attr, node_attr) as the model's first convolution gets them."""
-    from steerable.models.blocks import add_self_loops
-
-    edge_index, edge_attr = add_self_loops(batch.edge_index, batch.pos.shape[0], batch.edge_attr)
-    return edge_index, edge_attr, batch.charge
 
 
 def test_position_updates_stay_equivariant_and_train():
     batch = _particles(torch.Generator().manual_seed(13))
     model = _moving_model()
-    with torch.no_grad():
-        for move in model.moves:
-            move.linear.weights.normal_(generator=torch.Generator().manual_seed(14))
+    _randomise_moves(model, 14)
     model.eval()
     assert model_error(model, batch) <= 1e-5
     shifts = torch.randn(int(batch.num_graphs), 3, generator=torch.Generator().manual_seed(15))
