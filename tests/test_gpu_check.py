@@ -27,6 +27,8 @@ from steerable.gpu_check.stages import (
     bench_metrics,
     hms,
     parse_junit,
+    time_to_target,
+    val_curve,
 )
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" failures="1"
@@ -103,6 +105,27 @@ def test_bench_metrics_summary_and_markdown():
     assert "| QM9 training | not run: rdkit" in text and "- a note" in text
 
 
+def test_nbody_validation_curve_and_time_to_target(tmp_path):
+    # Lightning's CSV rows: validation and training-epoch metrics of an epoch land in separate rows
+    rows = ["epoch,step,train/loop_s,train/mse,val/mse",
+            "0,59,,,0.02", "0,59,3.5,0.03,", "1,119,,,0.004", "1,119,7.0,0.01,", "2,179,,,0.005",
+            "2,179,10.5,0.005,", "3,239,,,0.003"]  # epoch 3 was cut by max_time: no loop time
+    path = tmp_path / "metrics.csv"
+    path.write_text("\n".join(rows) + "\n")
+    curve = val_curve(path)
+    assert curve == [{"epoch": 0, "loop_s": 3.5, "val_mse": 0.02},
+                     {"epoch": 1, "loop_s": 7.0, "val_mse": 0.004},
+                     {"epoch": 2, "loop_s": 10.5, "val_mse": 0.005}]
+    assert time_to_target(curve, 0.0043) == {"epoch": 1, "loop_s": 7.0, "val_mse": 0.004}
+    assert time_to_target(curve, 0.001) is None
+    summary = summarise({"nbody": StageResult("nbody", "passed", metrics={
+        "target_mse": 0.0043, "val_to_target": time_to_target(curve, 0.0043)}).to_dict()})
+    report = dict(machine={}, summary={**summary, "goal_shapes": {}}, command="c", started="now", wall_s=1.0,
+                  budget_s=2.0, device="cuda", size="full", passed=True, stages=[], notes=[])
+    text = markdown(report)
+    assert "| N-body, validation MSE ≤ 0.0043 | after 7 s of training (epoch 1, val MSE 0.004;" in text
+
+
 def test_a_stage_never_takes_the_time_later_stages_need():
     later = ["nbody", "modelnet", "qm9"]
     need = sum(FLOOR_S[s] for s in later)
@@ -158,7 +181,8 @@ def test_make_gpu_check_on_the_cpu(tmp_path):
     assert report["passed"] and list(status) == list(STAGES)
     assert status == {**{s: "passed" for s in STAGES}, "qm9": "skipped"}, errors
     assert report["wall_s"] < report["budget_s"] and report["size"] == "tiny"
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "report.json", "report.md", "stages.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "nbody_metrics.csv", "report.json",
+                                                     "report.md", "stages.log"]
     stages = {s["name"]: s for s in report["stages"]}
     tests = stages["tests"]["metrics"]
     assert tests["tests"] >= 9 and tests["failures"] == tests["errors"] == tests["skipped"] == 0
@@ -171,6 +195,9 @@ def test_make_gpu_check_on_the_cpu(tmp_path):
     assert all(rate > 0 for rate in rates), rates
     assert 0 < summary["nbody_test_mse"] < 10 and math.isfinite(summary["nbody_test_mse"])
     assert summary["nbody_epochs"] >= 1 and summary["nbody_peak_memory_mb"] > 0
+    curve = stages["nbody"]["metrics"]["val_curve"]
+    assert [p["epoch"] for p in curve] == list(range(len(curve))) and len(curve) >= 1
+    assert min(p["val_mse"] for p in curve) == pytest.approx(summary["nbody_val_mse_best"])
     assert summary["modelnet_train_clouds_per_s"] > 0 and 0 <= summary["modelnet_test_acc"] <= 1
     text = (out / "report.md").read_text()
     assert "all stages passed" in text and "clouds/s" in text and "test MSE" in text

@@ -54,6 +54,8 @@ def summarise(stages: dict[str, dict]) -> dict:
         "nbody_epochs": nbody.get("train/epochs_done"),
         "nbody_train_s": nbody.get("max_time_s"),
         "nbody_peak_memory_mb": nbody.get("train/peak_memory_mb"),
+        "nbody_target_mse": nbody.get("target_mse"),
+        "nbody_val_to_target": nbody.get("val_to_target"),
     }
 
 
@@ -114,6 +116,11 @@ def markdown(report: dict) -> str:
                  f"(best val {_f(s['nbody_val_mse_best'], '.4g')}), "
                  f"{_f(s['nbody_epochs'], '.0f')} epochs, {_f(s['nbody_systems_per_s'], '.0f')} systems/s, "
                  f"peak {_f(s['nbody_peak_memory_mb'], '.0f')} MB |")
+    if s.get("nbody_target_mse") is not None:
+        hit = s.get("nbody_val_to_target")
+        reached = (f"after {hit['loop_s']:.0f} s of training (epoch {hit['epoch']}, "
+                   f"val MSE {hit['val_mse']:.4g}; validation time excluded)" if hit else "not reached")
+        lines.append(f"| N-body, validation MSE ≤ {s['nbody_target_mse']:g} | {reached} |")
     if s["goal_shapes"]:
         lines += ["", "## Layer: node-wise vs per-edge (bench shapes: the ModelNet goal shapes on a GPU)", "",
                   "| shape | N | E | speed-up | step s per-edge / node-wise | peak MB per-edge / node-wise | "

@@ -7,11 +7,13 @@ Sizes: ``full`` is sized for one H200 within :data:`FULL_BUDGET_S`; ``tiny`` for
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +40,8 @@ GOAL_SHAPES = ("modelnet_k32_c64", "modelnet_k64_c64")  # ModelNet scale: k >= 3
 # whole models of the bench; tiny runs one (building the QM9 model alone takes ~10 s on a busy CPU)
 BENCH_MODELS = {"full": ("qm9", "modelnet"), "tiny": ("modelnet",)}
 BENCH_PATHS = ("reference", "nodewise")
+# SEGNN's published N-body test MSE: the GPU time to reach it is read off the validation curve
+NBODY_TARGET_MSE = 0.0043
 TEST_COUNTS = ("tests", "failures", "errors", "skipped")
 
 
@@ -319,14 +323,48 @@ def _training_stage(ctx: Context, name: str, limit_s: float, overrides: list[str
     return result
 
 
+def val_curve(metrics_csv: Path) -> list[dict]:
+    """Per epoch of a run's ``metrics.csv``: ``epoch``, ``loop_s`` (training-loop seconds so far,
+    validation excluded; ``train/loop_s``) and ``val_mse``, for the epochs that logged both."""
+    loop_s: dict[int, float] = {}
+    val: dict[int, float] = {}
+    with open(metrics_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if not row.get("epoch"):
+                continue
+            epoch = int(float(row["epoch"]))
+            if row.get("train/loop_s"):
+                loop_s[epoch] = float(row["train/loop_s"])
+            if row.get("val/mse"):
+                val[epoch] = float(row["val/mse"])
+    return [{"epoch": e, "loop_s": loop_s[e], "val_mse": val[e]} for e in sorted(val) if e in loop_s]
+
+
+def time_to_target(curve: list[dict], target: float) -> dict | None:
+    """The first epoch of ``curve`` whose validation MSE is at most ``target``, or None."""
+    return next(({"epoch": p["epoch"], "loop_s": p["loop_s"], "val_mse": p["val_mse"]}
+                 for p in curve if p["val_mse"] <= target), None)
+
+
 def stage_nbody(ctx: Context, limit_s: float) -> StageResult:
-    """``experiment=nbody`` for a fixed training time (full: the default 3,000 / 2,000 / 2,000 systems)."""
+    """``experiment=nbody`` for a fixed training time (full: the default 3,000 / 2,000 / 2,000 systems).
+
+    Besides the run's final metrics: its validation curve and the training seconds to the first
+    validation MSE ≤ :data:`NBODY_TARGET_MSE` (``val_to_target``); the curve is also copied to
+    ``<out>/nbody_metrics.csv``."""
     overrides = ["experiment=nbody", "dataset.progress=false", f"dataset.gen_workers={min(8, ctx.cpus)}"]
     if ctx.size == "tiny":
         overrides += ["dataset=nbody_tiny", "trainer.max_epochs=2", "model.num_features=4",
                       "model.num_layers=2", "model.conv.channels=4", "model.conv.n_layers=2"]
-    return _training_stage(ctx, "nbody", limit_s, overrides,
-                           ("test/mse", "val/mse_best", "train/samples_per_s", "train/peak_memory_mb"))
+    result = _training_stage(ctx, "nbody", limit_s, overrides,
+                             ("test/mse", "val/mse_best", "train/samples_per_s", "train/peak_memory_mb"))
+    metrics_csv = ctx.work / "nbody" / "run" / "csv" / "metrics.csv"
+    if metrics_csv.is_file():
+        shutil.copyfile(metrics_csv, ctx.out / "nbody_metrics.csv")
+        curve = val_curve(metrics_csv)
+        result.metrics.update(val_curve=curve, target_mse=NBODY_TARGET_MSE,
+                              val_to_target=time_to_target(curve, NBODY_TARGET_MSE))
+    return result
 
 
 MODELNET_SIZES = {"full": {"n_train": 2048, "n_test": 512, "points": 1024, "batch": 32, "epochs": 5},
