@@ -48,6 +48,8 @@ from escnn import gspaces
 from escnn.group import GroupElement, Representation
 from escnn.nn import FieldType
 
+import steerable.escnn_compat  # noqa: F401  (escnn's numerical solver: exact SVD on every machine)
+
 SubgroupId = Callable[[int | None], object]
 
 GROUPS_3D: dict[str, SubgroupId] = {

@@ -24,6 +24,7 @@ LAYERS: dict[str, str] = {
     "steerable": "base",
     "steerable.io_utils": "base",
     "steerable.seeding": "base",
+    "steerable.escnn_compat": "base",
     "steerable.chem": "base",
     "steerable.geometry": "base",
     "steerable.transforms": "base",

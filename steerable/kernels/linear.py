@@ -13,6 +13,7 @@ from escnn.nn import FieldType
 from escnn.nn.modules.basismanager.basisexpansion_singleblock import normalize_basis
 from torch import nn
 
+import steerable.escnn_compat  # noqa: F401  (escnn's numerical solver: exact SVD on every machine)
 from steerable.kernels.portable_basis import BasisBlock, BasisMismatch, reexpress
 
 log = logging.getLogger(__name__)
