@@ -18,6 +18,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from helpers.bases import cyl_linear, mixed_checkpoint
 from helpers.runs import FAST
 from torch_geometric.data import Batch, Data
 
@@ -179,6 +180,18 @@ def test_state_dict_round_trips_between_device_and_cpu(device, family):
     back = back.to(device).eval()
     with torch.no_grad():
         assert relative_difference(back(batch.to(device)).cpu(), expected) <= TOL
+
+
+def test_a_checkpoint_in_another_escnn_basis_loads_on_the_device(device):
+    """Weights saved where escnn's basis is mixed are re-expressed into a layer already on the device."""
+    layer = cyl_linear()
+    weight, _ = layer.weight_and_bias()
+    state = mixed_checkpoint(layer)  # on the CPU, like a checkpoint from another cluster
+    torch.manual_seed(1)
+    loaded = cyl_linear().to(device)
+    loaded.load_state_dict(state)
+    assert loaded.linear.weights.device.type == device.type
+    torch.testing.assert_close(loaded.weight_and_bias()[0].cpu(), weight, rtol=0, atol=1e-10)
 
 
 class DeviceProbe(pl.Callback):

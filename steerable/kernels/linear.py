@@ -108,10 +108,13 @@ class EquivariantLinear(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         """Also saves each pair of field types' basis ``B (dim, o, i)`` (float64) as ``<prefix>basis.<k>``,
         so that a checkpoint loads with the same meaning where escnn builds another basis
-        (:mod:`steerable.kernels.portable_basis`)."""
+        (:mod:`steerable.kernels.portable_basis`). The bases sit on the weights' device, like the rest
+        of the state (on the CPU where that device has no float64, e.g. Apple's ``mps``)."""
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        device = self.linear.weights.device
+        device = torch.device("cpu") if device.type == "mps" else device
         for _, block in self._basis_blocks or ():
-            destination[prefix + block.key] = block.basis.clone()
+            destination[prefix + block.key] = block.basis.to(device, copy=True)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -57,7 +57,7 @@ def mixing(saved: torch.Tensor, current: torch.Tensor, where: str) -> torch.Tens
     if saved.shape != current.shape:
         raise BasisMismatch(f"{where}: saved basis has shape {tuple(saved.shape)}, this layer's "
                             f"{tuple(current.shape)} (other field types or band limits?)")
-    saved = saved.to(torch.float64).reshape(saved.shape[0], -1)
+    saved = saved.to(device=current.device, dtype=torch.float64).reshape(saved.shape[0], -1)
     current = current.to(torch.float64).reshape(current.shape[0], -1)
     scale = float(current.abs().max().clamp(min=1e-300))
     if float((saved - current).abs().max()) <= SAME_TOLERANCE * scale:
@@ -81,5 +81,5 @@ def reexpress(theta: torch.Tensor, block: BasisBlock, saved: torch.Tensor, where
         return False
     with torch.no_grad():
         view = theta[block.start:block.start + block.copies * block.dim].view(block.copies, block.dim)
-        view.copy_((view.to(torch.float64) @ s).to(theta.dtype))
+        view.copy_((view.to(torch.float64) @ s.to(view.device)).to(theta.dtype))
     return True

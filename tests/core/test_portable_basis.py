@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.bases import cyl_linear, mixed_checkpoint
 
 from steerable.groups import build_group
-from steerable.kernels.linear import EquivariantLinear
 from steerable.nn.point_conv import ImplicitPointConv
 
 SAVED = Path(__file__).parent / "data" / "cyl_conv_numpy1.pt"
@@ -47,36 +47,15 @@ def test_a_conv_saved_in_the_reference_install_computes_the_same_here():
     torch.testing.assert_close(out, saved["output"], rtol=0, atol=1e-6)
 
 
-def _layer() -> EquivariantLinear:
-    spec = build_group("cyl", maximum_frequency=2)
-    return EquivariantLinear(spec.field_type("2x0e+1x1o+1x2e", on="fiber"),
-                             spec.field_type("1x0e+2x1o+1x2e", on="fiber")).double()
-
-
-def _mixed_checkpoint(layer: EquivariantLinear, seed: int = 0) -> dict[str, torch.Tensor]:
-    """``layer``'s state as another environment would save it: every basis mixed by a random S
-    (B' = S B) and θ re-expressed for it (θ' = θ S⁻¹), so that W is unchanged."""
-    g = torch.Generator().manual_seed(seed)
-    state = layer.state_dict()
-    theta = state["linear.weights"].clone()
-    for _, block in layer._basis_blocks:
-        s = torch.randn(block.dim, block.dim, generator=g, dtype=torch.float64) + 3 * torch.eye(block.dim)
-        state[block.key] = torch.einsum("de,eoi->doi", s, block.basis)
-        view = theta[block.start:block.start + block.copies * block.dim].view(block.copies, block.dim)
-        view.copy_(view @ torch.linalg.inv(s))
-    state["linear.weights"] = theta
-    return state
-
-
 def test_weights_saved_in_a_mixed_basis_are_re_expressed_on_load():
     torch.manual_seed(0)
-    layer = _layer()
+    layer = cyl_linear()
     weight, bias = layer.weight_and_bias()
-    state = _mixed_checkpoint(layer)
+    state = mixed_checkpoint(layer)
     assert not torch.allclose(state["linear.weights"], layer.linear.weights)
 
     torch.manual_seed(1)
-    loaded = _layer()
+    loaded = cyl_linear()
     loaded.load_state_dict(state)
     torch.testing.assert_close(loaded.linear.weights, layer.linear.weights, rtol=0, atol=1e-10)
     torch.testing.assert_close(loaded.weight_and_bias()[0], weight, rtol=0, atol=1e-10)
@@ -85,30 +64,38 @@ def test_weights_saved_in_a_mixed_basis_are_re_expressed_on_load():
 def test_without_re_expression_the_mixed_checkpoint_would_compute_another_map():
     """The test above can fail: the same checkpoint, with its bases dropped, loads θ as it is."""
     torch.manual_seed(0)
-    layer = _layer()
-    state = {k: v for k, v in _mixed_checkpoint(layer).items() if ".basis." not in f".{k}"}
-    loaded = _layer()
+    layer = cyl_linear()
+    state = {k: v for k, v in mixed_checkpoint(layer).items() if ".basis." not in f".{k}"}
+    loaded = cyl_linear()
     loaded.load_state_dict(state)
     assert not torch.allclose(loaded.weight_and_bias()[0], layer.weight_and_bias()[0], atol=1e-3)
 
 
-def test_a_basis_of_another_span_is_refused_naming_the_layer():
+def test_a_basis_of_another_span_is_refused_naming_thecyl_linear():
     torch.manual_seed(0)
-    layer = _layer()
+    layer = cyl_linear()
     state = layer.state_dict()
     # the pair whose basis leaves most room: a random basis there is not in the span of the layer's
     key = max((k for k in state if k.startswith("basis.")),
               key=lambda k: state[k][0].numel() - state[k].shape[0])
     state[key] = torch.randn_like(state[key])
     with pytest.raises(RuntimeError, match="spans another space"):
-        _layer().load_state_dict(state)
+        cyl_linear().load_state_dict(state)
+
+
+def test_saved_bases_follow_the_weights_device_and_stay_float64():
+    layer = cyl_linear().float().to("meta")
+    state = layer.state_dict()
+    assert {t.device.type for t in state.values()} == {"meta"}
+    assert {state[block.key].dtype for _, block in layer._basis_blocks} == {torch.float64}
+    assert state["linear.weights"].dtype == torch.float32
 
 
 def test_checkpoints_without_saved_bases_still_load():
     torch.manual_seed(0)
-    layer = _layer()
+    layer = cyl_linear()
     state = {k: v for k, v in layer.state_dict().items() if not k.startswith("basis.")}
-    loaded = _layer()
+    loaded = cyl_linear()
     loaded.load_state_dict(state)
     torch.testing.assert_close(loaded.linear.weights, layer.linear.weights)
 
