@@ -39,6 +39,25 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path):
     assert report["summary"] == data["summary"]
 
 
+def test_layer_rows_are_on_disk_before_the_models_are_measured(tmp_path, monkeypatch):
+    """A run stopped while it measures the models (a time limit) keeps its layer rows."""
+    import steerable.bench.__main__ as bench
+
+    out = tmp_path / "bench.json"
+
+    def stopped(args):
+        data = json.loads(out.read_text())
+        assert data["complete"] is False and data["models"] == []
+        assert [r["variant"] for r in data["rows"]] == ["nodewise"] and "error" not in data["rows"][0]
+        raise KeyboardInterrupt  # what a SIGTERM at the stage's limit amounts to
+
+    monkeypatch.setattr(bench, "run_models", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--quick", "--inprocess", "--threads", "1", "--variants", "nodewise", "--only", "sweep_k2",
+              "--out", str(out)])
+    assert json.loads(out.read_text())["rows"][0]["shape"] == "sweep_k2"
+
+
 def test_summary_ratios_and_slope_from_synthetic_rows():
     rows = []
     for k, edges in ((4, 400), (8, 800)):

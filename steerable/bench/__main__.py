@@ -30,6 +30,7 @@ from steerable.bench.models import MODELS, PATHS  # noqa: E402
 from steerable.bench.report import format_table, goals, machine_info, memory_slopes, plot, summarise  # noqa: E402
 from steerable.bench.shapes import default_shapes  # noqa: E402
 from steerable.bench.worker import MARK, VARIANTS  # noqa: E402
+from steerable.io_utils import atomic_write  # noqa: E402
 
 KERNEL = dict(channels=8, band_limit=1, n_layers=3)  # ImplicitKernel defaults, stated explicitly
 
@@ -141,6 +142,12 @@ def run_models(args: argparse.Namespace) -> list[dict]:
     return results, summarise_models(results)
 
 
+def write_json(path: Path, report: dict) -> None:
+    """``report`` as JSON at ``path``, atomically (a reader never sees half a file)."""
+    with atomic_write(path, "w") as handle:
+        json.dump(report, handle, indent=1)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -156,12 +163,18 @@ def main(argv: list[str] | None = None) -> dict:
     rows = run_convs(args)
     ok = [r for r in rows if "error" not in r]
     lines, slopes, rss_slopes = summarise(ok), memory_slopes(ok), memory_slopes(ok, rss=True)
+
+    def report_with(model_rows: list[dict], models: list[dict], complete: bool) -> dict:
+        info["loadavg_end"] = os.getloadavg()
+        return dict(machine=info, args={k: str(v) for k, v in vars(args).items()}, kernel=KERNEL,
+                    dense_matmul_gflops=matmul, rows=rows, summary=lines, memory_slope=slopes,
+                    rss_memory_slope=rss_slopes, model_rows=model_rows, models=models,
+                    goals=goals(lines, slopes, models), complete=complete)
+
+    if not args.no_models:  # the layer rows survive a run stopped while the models are measured
+        write_json(args.out, report_with([], [], complete=False))
     model_rows, models = ([], []) if args.no_models else run_models(args)
-    info["loadavg_end"] = os.getloadavg()
-    report = dict(machine=info, args={k: str(v) for k, v in vars(args).items()}, kernel=KERNEL,
-                  dense_matmul_gflops=matmul, rows=rows, summary=lines, memory_slope=slopes,
-                  rss_memory_slope=rss_slopes,
-                  model_rows=model_rows, models=models, goals=goals(lines, slopes, models))
+    report = report_with(model_rows, models, complete=True)
     print("\n" + format_table(lines))
     for name, fitted in (("tensor", slopes), ("RSS", rss_slopes)):
         if fitted.get("nodewise"):
@@ -180,10 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
                  if m.get("paired_compiled_train_speedup") is not None else "")))
     for g in report["goals"]:
         print(f"  goal {g['goal']}: {g['value']:.2f} vs {g['target']} -> {'met' if g['met'] else 'NOT met'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(args.out)
+    write_json(args.out, report)
     if ok:
         plot(ok, args.plot or args.out.with_suffix(".png"))
     print(f"\nwrote {args.out}")

@@ -261,7 +261,7 @@ def bench_metrics(report: dict) -> dict:
     errors = [f"{r.get('shape', r.get('model'))}/{r.get('variant', r.get('path'))}: {r['error'][-300:]}"
               for r in report.get("rows", []) + report.get("model_rows", []) if "error" in r]
     return {"dense_matmul_gflops": report.get("dense_matmul_gflops"), "shapes": shapes, "models": models,
-            "goals": report.get("goals", []), "errors": errors}
+            "goals": report.get("goals", []), "errors": errors, "complete": report.get("complete", True)}
 
 
 def stage_bench(ctx: Context, limit_s: float) -> StageResult:
@@ -270,8 +270,10 @@ def stage_bench(ctx: Context, limit_s: float) -> StageResult:
     out = ctx.out / "bench.json"
     out.unlink(missing_ok=True)
     code = ctx.run(result, bench_command(ctx, out, limit_s), limit_s)
-    if out.is_file():
+    if out.is_file():  # written after the layer rows, then again after the models
         result.metrics = bench_metrics(json.loads(out.read_text()))
+        if code is None and not result.metrics["complete"]:
+            result.error += "; the layer rows are kept, the whole models were not measured"
     if code == 0:
         m = result.metrics
         if not m:
