@@ -79,6 +79,21 @@ def main(argv: list[str]) -> None:
     backward = sum(e.self_cpu_time_total for e in events
                    if "evaluate_function" in e.key or "Backward" in e.key)
     print(f"  {'(autograd backward functions, self)':32s} {100 * backward / total:5.1f} %")
+    print_hom_sparsity(model)
+
+
+def print_hom_sparsity(model: torch.nn.Module) -> None:
+    """Share of non-zero entries of each implicit kernel's contraction weight W̃ (C_out, H, C_in): the
+    node-wise contraction multiplies by it densely, Schur's lemma makes most of it zero."""
+    from steerable.kernels.implicit import ImplicitKernel
+    kernels = [(name, m) for name, m in model.named_modules() if isinstance(m, ImplicitKernel)]
+    if not kernels:
+        return
+    print("contraction weight W̃ (C_out, H, C_in), share of non-zero entries:")
+    with torch.no_grad():
+        for name, kernel in kernels:
+            w_tilde, _ = kernel.weight_and_bias()
+            print(f"  {name:32s} {tuple(w_tilde.shape)}  {float((w_tilde != 0).float().mean()):.2f}")
 
 
 def label_parts() -> None:
