@@ -4,7 +4,7 @@
 #   experiments/peers/run.sh nbody-time [MAX_TIME]     # equal wall clock (default 00:00:10:00), one
 #       model after the other; experiment=nbody decays each one's learning rate over that budget
 #   experiments/peers/run.sh nbody-epochs [EPOCHS]     # equal epochs (default 15), cosine over them
-#   experiments/peers/run.sh qm9-time [MAX_TIME]       # QM9 HOMO, bonds+atoms vs EGNN 7×128
+#   experiments/peers/run.sh qm9-time [MAX_TIME]       # QM9 HOMO: the four ablation arms and EGNN 7×128
 #
 # Runs go to logs/peers/<mode>/; the table then comes from
 #   python experiments/peers/make_table.py logs/peers/<mode> --out experiments/peers/<mode>.md
@@ -26,7 +26,8 @@ case $mode in
       "++task.scheduler={_target_: torch.optim.lr_scheduler.CosineAnnealingLR, _partial_: true, T_max: $epochs}" \
       "${common[@]}" "hydra.sweep.dir=logs/peers/$mode" ;;
   qm9-time)
-    $python -m steerable.train -m experiment=qm9_homo_bonds_atoms,qm9_homo_egnn trainer.max_epochs=100000 \
+    $python -m steerable.train -m \
+      experiment=qm9_homo_standard,qm9_homo,qm9_homo_bonds,qm9_homo_bonds_atoms,qm9_homo_egnn trainer.max_epochs=100000 \
       "trainer.max_time=${2:-00:00:10:00}" "${common[@]}" "hydra.sweep.dir=logs/peers/$mode" ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
