@@ -344,8 +344,7 @@ def val_curve(metrics_csv: Path) -> list[dict]:
 
 def time_to_target(curve: list[dict], target: float) -> dict | None:
     """The first epoch of ``curve`` whose validation MSE is at most ``target``, or None."""
-    return next(({"epoch": p["epoch"], "loop_s": p["loop_s"], "val_mse": p["val_mse"]}
-                 for p in curve if p["val_mse"] <= target), None)
+    return next((point for point in curve if point["val_mse"] <= target), None)
 
 
 def stage_nbody(ctx: Context, limit_s: float) -> StageResult:
