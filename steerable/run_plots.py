@@ -14,7 +14,6 @@ Writes PNGs into ``<run_dir>/plots/``:
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +32,7 @@ from steerable.kernel_views import (  # noqa: E402
     pick_conv,
     strongest_entries,
 )
+from steerable.metrics_csv import read_metrics  # noqa: E402
 
 STAGES = ("train", "val", "test")
 
@@ -52,28 +52,6 @@ def find_metrics_csv(run_dir: Path) -> Path:
                                 f"as run_dir, e.g. run_dir={jobs[0]}")
     raise FileNotFoundError(f"no metrics.csv under {run_dir} (was the run logged with logger=csv "
                             "or the default wandb+csv?)")
-
-
-def read_metrics(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """``metric → [(x, value), …]`` from a Lightning CSV log (empty cells skipped).
-
-    ``x`` is the number of epochs trained when the value was logged (train/val at the end of epoch
-    ``e`` → ``e + 1``; test after fit → the epoch count); rows without an epoch (the learning-rate
-    monitor) use the global step instead.
-    """
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            epoch = row.get("epoch") or ""
-            for key, value in row.items():
-                if key in ("epoch", "step") or value in ("", None):
-                    continue
-                if epoch:
-                    x = float(epoch) + (0 if key.startswith("test/") else 1)
-                else:
-                    x = float(row.get("step") or 0)
-                series[key].append((x, float(value)))
-    return dict(series)
 
 
 def metric_families(series: dict[str, list]) -> dict[str, dict[str, str]]:

@@ -7,7 +7,6 @@ Sizes: ``full`` is sized for one H200 within :data:`FULL_BUDGET_S`; ``tiny`` for
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import math
@@ -22,6 +21,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from steerable.metrics_csv import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 MARK = "RESULT "
@@ -328,18 +329,10 @@ def _training_stage(ctx: Context, name: str, limit_s: float, overrides: list[str
 def val_curve(metrics_csv: Path) -> list[dict]:
     """Per epoch of a run's ``metrics.csv``: ``epoch``, ``loop_s`` (training-loop seconds so far,
     validation excluded; ``train/loop_s``) and ``val_mse``, for the epochs that logged both."""
-    loop_s: dict[int, float] = {}
-    val: dict[int, float] = {}
-    with open(metrics_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if not row.get("epoch"):
-                continue
-            epoch = int(float(row["epoch"]))
-            if row.get("train/loop_s"):
-                loop_s[epoch] = float(row["train/loop_s"])
-            if row.get("val/mse"):
-                val[epoch] = float(row["val/mse"])
-    return [{"epoch": e, "loop_s": loop_s[e], "val_mse": val[e]} for e in sorted(val) if e in loop_s]
+    series = read_metrics(metrics_csv)
+    loop_s = dict(series.get("train/loop_s", []))
+    return [{"epoch": int(x) - 1, "loop_s": loop_s[x], "val_mse": value}
+            for x, value in sorted(series.get("val/mse", [])) if x in loop_s]
 
 
 def time_to_target(curve: list[dict], target: float) -> dict | None:
