@@ -99,7 +99,7 @@ RECIPE_SECTIONS = ("group", "dataset", "model", "task", "seed")
 # the contraction path, chunking and compilation give the same function with the same parameters (a
 # user flips them to get past an out-of-memory error or a missing compiler).
 LOADER_KEYS = ("num_workers", "data_dir", "root", "progress", "processes")
-EXECUTION_KEYS = ("path", "chunk_edges", "compile_mlp")
+EXECUTION_KEYS = ("path", "chunk_edges", "compile_mlp", "contraction")
 RESUMABLE_CHANGES = frozenset({*(f"dataset.{key}" for key in LOADER_KEYS),
                                *(f"model.conv.{key}" for key in EXECUTION_KEYS)})
 

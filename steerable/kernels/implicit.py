@@ -40,8 +40,12 @@ from steerable.groups import GroupSpec
 from steerable.kernels.basis_memory import check_kernel_basis_memory
 from steerable.kernels.edge_mlp import EdgeMLPOps, radial_window
 from steerable.kernels.linear import EquivariantLinear
+from steerable.kernels.sparsity import BlockSparsity, block_sparsity
 
 log = logging.getLogger(__name__)
+
+MAX_BLOCKS = 32  # more (smaller) matmuls than this cost more in launches than the zeros they skip
+MAX_BLOCK_DENSITY = 0.5  # blocks only when they do at most half of the dense contraction's work
 
 Affine = tuple[torch.Tensor, torch.Tensor]  # per-channel (scale, shift) of a pending batch norm
 LinearWeights = tuple[torch.Tensor, torch.Tensor | None]  # expanded (W, b) of an equivariant linear layer
@@ -137,6 +141,10 @@ class ImplicitKernel(nn.Module):
             only onto equal ones, so e.g. for O(3) with inputs 1o, 0e, 2e the 0o and 1e fields of the
             default hidden type stay exactly zero): the same functions with fewer channels, i.e. a
             smaller contraction dimension H (half for O(3), band_limit 1) and cheaper hidden layers.
+        contraction: how the node-wise path multiplies by W̃ ``(C_out, H·C_in)``: ``"blocks"`` (default)
+            only over its structural non-zeros, grouped into dense blocks (:class:`BlockSparsity`), when
+            that is at most half the work in at most :data:`MAX_BLOCKS` matmuls, else densely;
+            ``"dense"`` always densely. The same function either way.
 
     Raises:
         BasisTooLarge: before anything large is built, when building the Hom layer's basis would take
@@ -168,8 +176,11 @@ class ImplicitKernel(nn.Module):
         nonlinearity: str = "gated",
         compile_mlp: bool = False,
         live_hidden_only: bool = False,
+        contraction: str = "blocks",
     ):
         super().__init__()
+        if contraction not in ("blocks", "dense"):
+            raise ValueError(f"contraction must be 'blocks' or 'dense', got {contraction!r}")
         if n_layers < 2:
             raise ValueError(f"the kernel MLP needs n_layers >= 2 (hidden + Hom layer), got {n_layers}")
         if direction_order not in (1, 2):
@@ -219,6 +230,13 @@ class ImplicitKernel(nn.Module):
         self.hom = EquivariantLinear(self.hidden_type, self.hom_type)
         self.register_buffer("flat_index", flat_index, persistent=False)
         self.register_buffer("hom_scale", self._initial_hom_scale(), persistent=False)
+        sparsity = self._paying_block_sparsity() if contraction == "blocks" else None
+        self._block_counts = None if sparsity is None else (sparsity.row_counts, sparsity.column_counts)
+        for name in ("rows", "rows_inverse", "columns", "weight_index"):
+            self.register_buffer(f"block_{name}", None if sparsity is None else getattr(sparsity, name),
+                                 persistent=False)
+        entries = None if sparsity is None else self._hom_positions(sparsity.weight_index)
+        self.register_buffer("block_hom_index", entries, persistent=False)
 
     def _hidden_layers(self, n_layers: int, nonlinearity: str, batch_norm: bool) -> nn.Sequential:
         """φ's ``n_layers - 1`` hidden layers ``input_type → hidden_type → … → hidden_type``."""
@@ -379,12 +397,77 @@ class ImplicitKernel(nn.Module):
         scale = self.hom_scale.to(weight.dtype)
         full = weight.new_zeros(c_out * c_in, h).index_copy(0, self.flat_index, weight * scale[:, None])
         w_tilde = full.view(c_out, c_in, h).transpose(1, 2)
-        b_full = None
-        if bias is not None:
-            b_full = (
-                bias.new_zeros(c_out * c_in).index_copy(0, self.flat_index, bias * scale).view(c_out, c_in)
-            )
-        return w_tilde, b_full
+        return w_tilde, self._invariant_part(bias, scale)
+
+    def _invariant_part(self, bias: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor | None:
+        """The Hom layer's (scaled) bias as ``B (C_out, C_in)``, or None."""
+        if bias is None:
+            return None
+        c_out, c_in = self.out_type.size, self.in_type.size
+        return bias.new_zeros(c_out * c_in).index_copy(0, self.flat_index, bias * scale).view(c_out, c_in)
+
+    def block_sparsity(self) -> BlockSparsity | None:
+        """W̃'s structural non-zeros as dense blocks (on the module's device), or None: multiply densely."""
+        if self._block_counts is None:
+            return None
+        return BlockSparsity(self.block_rows, self.block_rows_inverse, self.block_columns,
+                             self.block_weight_index, *self._block_counts,
+                             num_columns=self.hidden_size * self.in_type.size)
+
+    def contraction_weights(self, affine: Affine | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor | None, BlockSparsity | None]:
+        """What the node-wise contraction multiplies by: ``(weight, B, sparsity)``.
+
+        Densely (no block sparsity): ``weight`` is W̃ flattened, ``(C_out, H·C_in)``. With blocks:
+        ``weight`` holds only the blocks' entries ``(Σ_g |R_g|·K_g,)``, gathered straight from the Hom
+        weights (no dense W̃ is built). ``B (C_out, C_in)`` or None as in :meth:`weight_and_bias`.
+        """
+        sparsity = self.block_sparsity()
+        if sparsity is None:
+            w_tilde, bias = self.weight_and_bias(affine)
+            return w_tilde.flatten(1), bias, None
+        weight, bias = fold_affine(self.hom.weight_and_bias(), affine)
+        scale = self.hom_scale.to(weight.dtype)
+        entries = (weight * scale[:, None]).flatten().index_select(0, self.block_hom_index)
+        return entries, self._invariant_part(bias, scale), sparsity
+
+    def _hom_positions(self, weight_index: torch.Tensor) -> torch.Tensor:
+        """For flat indices into W̃ ``(C_out, H, C_in)``: the flat indices of the same entries in the Hom
+        layer's expanded weight ``(n_hom, H)`` (every block entry is a Hom coordinate by construction)."""
+        h, c_in = self.hidden_size, self.in_type.size
+        out_in = (weight_index // (h * c_in)) * c_in + weight_index % c_in
+        coordinate = torch.full((self.out_type.size * c_in,), -1, dtype=torch.long)
+        coordinate[self.flat_index] = torch.arange(self.flat_index.numel())
+        hom_row = coordinate[out_in]
+        if bool((hom_row < 0).any()):
+            raise RuntimeError("a block entry of the contraction weight is not a Hom coordinate")
+        return hom_row * h + (weight_index // c_in) % h
+
+    def _paying_block_sparsity(self) -> BlockSparsity | None:
+        """W̃'s blocks where they do at most :data:`MAX_BLOCK_DENSITY` of the dense work in at most
+        :data:`MAX_BLOCKS` matmuls, else None."""
+        sparsity = block_sparsity(self._structural_support())
+        if sparsity.density > MAX_BLOCK_DENSITY or len(sparsity.row_counts) > MAX_BLOCKS:
+            return None
+        return sparsity
+
+    def _structural_support(self, draws: int = 2) -> torch.Tensor:
+        """``(C_out, H·C_in)`` bool: the entries of W̃ that Hom weights can make non-zero.
+
+        Read off W̃ for fixed-seed random Hom weights (restored afterwards); an entry counts where it
+        exceeds 1e-6 of its row's largest, so round-off of the escnn basis is not taken for structure.
+        """
+        linear = self.hom.linear
+        saved = linear.weights.data.clone()
+        support = torch.zeros(self.out_type.size, self.hidden_size * self.in_type.size, dtype=torch.bool)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            for _ in range(draws):
+                generalized_he_init(linear.weights.data, linear.basisexpansion)
+                magnitude = self.weight_and_bias()[0].flatten(1).abs()
+                support |= magnitude > 1e-6 * magnitude.amax(1, keepdim=True)
+            linear.weights.data.copy_(saved)
+        return support
 
     def _live_hidden(self) -> torch.Tensor:
         """``(H,)`` bool: hidden channels some input reaches (the rest stay exactly zero, e.g. 0o in O(3))."""

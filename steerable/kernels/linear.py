@@ -68,6 +68,21 @@ class EquivariantLinear(nn.Module):
             # float64 master copy on the host: every cast or move re-derives the buffer from it (_apply)
             self._exact_values = values.double().numpy()
             self.register_buffer("expansion_values", values.to(self.linear.weights.dtype), persistent=False)
+        for name in ("bias_rows", "bias_cols", "bias_values"):
+            self.register_buffer(name, None, persistent=False)
+        self._refresh_bias_table()
+        self.register_load_state_dict_post_hook(lambda layer, _: layer._refresh_bias_table())
+
+    def _refresh_bias_table(self) -> None:
+        """The bias expansion ``b = M_b β`` as a COO table (buffers) of escnn's dense ``bias_expansion``
+        (out.size × trivials, each column non-zero only on its own field): one gather–``index_add``
+        instead of a dense matrix-vector product. Rebuilt on construction and after loading a checkpoint
+        (which carries its own ``bias_expansion``)."""
+        expansion = getattr(self.linear, "bias_expansion", None) if self.linear.bias is not None else None
+        if expansion is None or expansion.device.type == "meta":
+            return
+        self.bias_rows, self.bias_cols = expansion.nonzero().unbind(1)
+        self.bias_values = expansion[self.bias_rows, self.bias_cols]
 
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Expanded ``W: (out.size, in.size)`` and ``b: (out.size,)`` or ``None``."""
@@ -90,7 +105,10 @@ class EquivariantLinear(nn.Module):
             return self.linear.expand_parameters()
         table = (self.expansion_rows, self.expansion_cols, self.expansion_values)
         weight = apply_expansion_table(self.linear.weights, table, self.out_type.size * self.in_type.size)
-        bias = None if self.linear.bias is None else self.linear.bias_expansion @ self.linear.bias
+        bias = None
+        if self.linear.bias is not None:
+            bias_table = (self.bias_rows, self.bias_cols, self.bias_values)
+            bias = apply_expansion_table(self.linear.bias, bias_table, self.out_type.size)
         return weight.view(self.out_type.size, self.in_type.size), bias
 
     def _apply(self, fn, recurse: bool = True):

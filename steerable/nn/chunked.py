@@ -83,10 +83,9 @@ def chunked_messages(
                 for _, _, e0, e1 in chunks
             ])
         affine = norm_affine(norm, rel_pos.shape[0], moments)
-    w_tilde, bias = kernel.weight_and_bias(affine)
-    w_flat = w_tilde.reshape(w_tilde.shape[0], -1)
+    weight, bias, sparsity = kernel.contraction_weights(affine)
     outs = [
-        checkpoint(_chunk_messages, kernel, weights, w_flat, bias, x, *inputs(e0, e1), src[e0:e1],
+        checkpoint(_chunk_messages, kernel, weights, weight, bias, sparsity, x, *inputs(e0, e1), src[e0:e1],
                    dst[e0:e1] - n0, n1 - n0, use_reentrant=False)
         for n0, n1, e0, e1 in chunks
     ]
@@ -101,7 +100,8 @@ def _chunk_moments(kernel, rel_pos, attr, weights):
     return kernel.hidden_given(rel_pos, attr, weights, with_moments=True)[2]
 
 
-def _chunk_messages(kernel, weights, w_flat, bias, x, rel_pos, attr, src, local_dst, num_nodes):
+def _chunk_messages(kernel, weights, weight, bias, sparsity, x, rel_pos, attr, src, local_dst, num_nodes):
     """Messages ``(n, C_out)`` summed per target node of one chunk."""
     windowed, window, _ = kernel.hidden_given(rel_pos, attr, weights, windowed=True)
-    return contract_messages(windowed, x[src], window, w_flat, bias, segment_layout(local_dst, num_nodes))
+    return contract_messages(windowed, x[src], window, weight, bias, segment_layout(local_dst, num_nodes),
+                             sparsity)

@@ -16,6 +16,10 @@ The layout (which of the three, degrees, padding slots) depends only on the grap
 with :func:`segment_layout` and pass it to every aggregation over the same edges. Choosing it reads
 the maximal degree on the host (a sync on an accelerator): :func:`cached_segment_layout` shares one
 analysis between the layers of a network that convolve over the same ``edge_index``.
+
+The contraction weight W̃ ``(C_out, H·C_in)`` is mostly zero by Schur's lemma; with the kernel's
+:class:`~steerable.kernels.sparsity.BlockSparsity` the messages are a few dense matmuls over its
+non-zero blocks instead of one over all of it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+
+from steerable.kernels.sparsity import BlockSparsity
 
 PAD_LIMIT = 4.0  # pad only while N·d_max ≤ PAD_LIMIT·E
 
@@ -137,20 +143,23 @@ def aggregate_outer_and_sum(h_t: torch.Tensor, x_src: torch.Tensor, weight: torc
     outer = torch.bmm(layout.blocks_t(h_t), x_blocks)
     summed = None
     if weight is not None:
-        summed = torch.bmm(layout.blocks_t(weight[None, :]), x_blocks).view(n, channels)
+        summed = (layout.blocks(weight[:, None]) * x_blocks).sum(1)  # faster than N (1×d)·(d×C) bmms
     return outer, summed
 
 
 def contract_messages(h_t: torch.Tensor, x_src: torch.Tensor, window: torch.Tensor | None,
-                      w_flat: torch.Tensor, bias: torch.Tensor | None, layout: SegmentLayout) -> torch.Tensor:
+                      weight: torch.Tensor, bias: torch.Tensor | None, layout: SegmentLayout,
+                      sparsity: BlockSparsity | None = None) -> torch.Tensor:
     """Summed messages ``Σ_{e→i} (W̃·h_e + w_e B) x_e`` per target node (DESIGN.md §2): ``(N, C_out)``.
 
-    ``h_t (H, E)`` is φ's windowed hidden activation (channels first), ``w_flat (C_out, H·C_in)`` the Hom
-    layer W̃ flattened, ``bias (C_out, C_in)`` or None its invariant part B, scaled per edge by ``window (E,)``
-    (needed only with a bias).
+    ``h_t (H, E)`` is φ's windowed hidden activation (channels first); ``weight`` the Hom layer W̃
+    flattened, ``(C_out, H·C_in)``, or, with ``sparsity``, only its block entries (see
+    :meth:`BlockSparsity.matmul`); ``bias (C_out, C_in)`` or None its invariant part B, scaled per edge by
+    ``window (E,)`` (needed only with a bias).
     """
     outer, windowed_sum = aggregate_outer_and_sum(h_t, x_src, None if bias is None else window, layout)
-    out = outer.flatten(1) @ w_flat.T  # (N, H·C_in); flatten, not reshape(N, -1): N may be 0
+    outer_flat = outer.flatten(1)  # (N, H·C_in); flatten, not reshape(N, -1): N may be 0
+    out = outer_flat @ weight.T if sparsity is None else sparsity.matmul(outer_flat, weight)
     return out if bias is None else torch.addmm(out, windowed_sum, bias.T)
 
 

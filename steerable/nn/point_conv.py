@@ -180,9 +180,9 @@ class ImplicitPointConv(MessagePassing):
             out, deg = chunked_messages(self.kernel, x, rel_pos, attr, src, dst, num_dst, self.chunk_edges)
         else:
             h_t, window, affine = self.kernel.hidden(rel_pos, attr)
-            w_tilde, bias = self.kernel.weight_and_bias(affine)
+            weight, bias, sparsity = self.kernel.contraction_weights(affine)
             layout = cached_segment_layout(edge_index, num_dst)  # one analysis for both sums and all layers
-            out = contract_messages(h_t, x[src], window, w_tilde.flatten(1), bias, layout)
+            out = contract_messages(h_t, x[src], window, weight, bias, layout, sparsity)
             deg = layout.deg
         return out / deg.clamp(min=1).to(out.dtype)[:, None] if self.aggr == "mean" else out
 

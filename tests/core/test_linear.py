@@ -148,3 +148,18 @@ def test_cache_follows_parameter_changes_in_eval_mode(change):
     assert weight.dtype == layer.linear.weights.dtype
     assert relative_difference(weight, expected_weight) <= 1e-5
     torch.testing.assert_close(bias, expected_bias)
+
+
+def test_bias_table_follows_a_loaded_bias_expansion():
+    """A checkpoint carries escnn's ``bias_expansion``: the sparse bias table is rebuilt from it."""
+    G = group("o3")
+    layer = EquivariantLinear(G.field_type("2x0e+1x1o", on="fiber"),
+                              G.field_type("1x0e+1x1o+1x0e", on="fiber"))
+    _random_theta(layer, seed=2)
+    state = layer.state_dict()
+    state["linear.bias_expansion"] = state["linear.bias_expansion"] * 2.0
+    layer.load_state_dict(state)
+    with torch.no_grad():
+        bias = layer.weight_and_bias()[1]
+    torch.testing.assert_close(bias, layer.linear.bias_expansion @ layer.linear.bias)
+    assert float(bias.abs().max()) > 0

@@ -178,9 +178,10 @@ def test_broken_kernel_fails_the_check(breakage, monkeypatch):
         plain.weight_and_bias = lambda: (plain.weight, plain.bias)  # same shapes, unconstrained weights
         conv.kernel.mlp[index] = plain
     else:
-        clean = conv.kernel.weight_and_bias
+        clean = conv.kernel.contraction_weights  # W̃ or its block entries (with block sparsity)
         noise = 1e-2 * torch.randn_like(clean()[0])
-        monkeypatch.setattr(conv.kernel, "weight_and_bias", lambda a=None: (clean(a)[0] + noise, clean(a)[1]))
+        monkeypatch.setattr(conv.kernel, "contraction_weights",
+                            lambda a=None: (clean(a)[0] + noise, *clean(a)[1:]))
     assert max(point_module_errors(conv, x, pos, edge_index)) > 1e-3
     with pytest.raises(AssertionError, match="equivariance error"):
         assert_equivariant_point_module(conv, x, pos, edge_index)
