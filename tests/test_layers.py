@@ -29,6 +29,7 @@ LAYERS: dict[str, str] = {
     "steerable.geometry": "base",
     "steerable.transforms": "base",
     "steerable.results": "base",
+    "steerable.metrics_csv": "base",
     "steerable.device_guard": "base",
     "steerable.schedules": "base",
     # escnn groups, field-wise operations on typed tensors, equivariance checks
