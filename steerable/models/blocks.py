@@ -148,6 +148,17 @@ def add_self_loops(edge_index: torch.Tensor, num_nodes: int, edge_attr: torch.Te
     return edge_index, edge_attr
 
 
+def sort_by_target(edge_index: torch.Tensor, edge_attr: torch.Tensor | None = None):
+    """The edges reordered (stably) so that each target's edges are consecutive, targets ascending.
+
+    On graphs of equal in-degree (complete graphs with self loops, kNN) the node-wise convolutions then
+    aggregate by reshaping (:func:`steerable.nn.contraction.segment_layout`'s ``fixed`` mode), with no
+    copies into a padded grid in any layer. Shapes as :func:`add_self_loops`.
+    """
+    order = torch.argsort(edge_index[1], stable=True)
+    return edge_index[:, order], None if edge_attr is None else edge_attr[order]
+
+
 def graph_index(batch) -> tuple[torch.Tensor, int]:
     """The graph id of every point ``(N,)`` and the number of graphs B, for pooling with ``scatter``.
 

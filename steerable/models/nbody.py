@@ -25,6 +25,7 @@ from steerable.models.blocks import (
     build_point_conv,
     check_batch,
     graph_index,
+    sort_by_target,
 )
 from steerable.models.qm9 import natural_parity_spec
 
@@ -134,7 +135,7 @@ class NBodyModel(nn.Module):
         check_batch(batch)
         pos = batch.pos
         edge_attr = batch.edge_attr if self.edge_attrs else None
-        edge_index, edge_attr = add_self_loops(batch.edge_index, pos.shape[0], edge_attr)
+        edge_index, edge_attr = sort_by_target(*add_self_loops(batch.edge_index, pos.shape[0], edge_attr))
         vectors = [batch.vel, pos - _system_mean(pos, batch)] if self.centered_input else [batch.vel]
         h = torch.cat([*vectors, batch.charge], dim=-1)
         with self.trunk.scope() if self.trunk is not None else nullcontext():

@@ -130,6 +130,11 @@ class BaseTask(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if fused and self._clips_mixed_precision_gradients():
+            # a fused optimiser unscales inside its step, so Lightning cannot clip before it: unfuse
+            rank_zero_warn("trainer.precision is mixed and gradients are clipped: the optimiser runs unfused")
+            optimizer = self.optimizer_factory(params=self.parameters(), fused=False)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
@@ -137,6 +142,12 @@ class BaseTask(pl.LightningModule):
             "scheduler": scheduler, "interval": self.hparams.scheduler_interval,
             "monitor": self.hparams.monitor,
         }}
+
+    def _clips_mixed_precision_gradients(self) -> bool:
+        """Whether the attached trainer clips gradients under mixed precision."""
+        trainer = self._trainer
+        return (trainer is not None and "mixed" in str(trainer.precision)
+                and bool(trainer.gradient_clip_val))
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         """Loss of one batch; logs the stage's metrics. Implemented by each task."""
