@@ -14,7 +14,8 @@ cd "$(dirname "$0")/../.."
 mode=${1:?mode: nbody-time | nbody-epochs | qm9-time}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 python=${PYTHON:-.venv/bin/python}
-common=(callbacks=timed logger=csv callbacks.progress_bar=null)
+# min_epochs=0: the budget may end the first epoch too (the default trainer config finishes it)
+common=(callbacks=timed logger=csv callbacks.progress_bar=null trainer.min_epochs=0)
 case $mode in
   nbody-time)
     $python -m steerable.train -m experiment=nbody model=nbody,egnn "trainer.max_time=${2:-00:00:10:00}" \
