@@ -96,8 +96,8 @@ def resume_path(cfg: DictConfig) -> str | None:
 RECIPE_SECTIONS = ("group", "dataset", "model", "task", "seed")
 # Keys that may change between a run and its resume, because they change how the run executes, not
 # what it computes. How data is loaded (another node, STEERABLE_ROOT), and how the convolutions run:
-# the contraction path, chunking and compilation give the same function with the same parameters (a
-# user flips them to get past an out-of-memory error or a missing compiler).
+# the contraction path, chunking, compilation and block sparsity give the same function with the same
+# parameters (a user flips them to get past an out-of-memory error or a missing compiler).
 LOADER_KEYS = ("num_workers", "data_dir", "root", "progress", "processes")
 EXECUTION_KEYS = ("path", "chunk_edges", "compile_mlp", "contraction")
 RESUMABLE_CHANGES = frozenset({*(f"dataset.{key}" for key in LOADER_KEYS),

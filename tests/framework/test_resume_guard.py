@@ -50,11 +50,12 @@ def test_resume_never_ignores_the_checkpoint(tmp_path):
 
 
 def test_execution_options_may_change_on_resume(tmp_path):
-    """The contraction path, chunking and compilation change how the convolutions run, not what they
-    compute: a user flips them to get past an out-of-memory error, and the run resumes."""
-    conv = {"channels": 8, "path": "nodewise", "chunk_edges": None, "compile_mlp": False}
+    """The contraction path, chunking, compilation and block sparsity change how the convolutions run,
+    not what they compute: a user flips them to get past an out-of-memory error, and the run resumes."""
+    conv = {"channels": 8, "path": "nodewise", "chunk_edges": None, "compile_mlp": False,
+            "contraction": "blocks"}
     _write_last(tmp_path, {**RECIPE, "model": {"kernel": "implicit", "conv": conv}})
-    flipped = {**conv, "path": "reference", "chunk_edges": 4096, "compile_mlp": True}
+    flipped = {**conv, "path": "reference", "chunk_edges": 4096, "compile_mlp": True, "contraction": "dense"}
     assert resume_path(_cfg(tmp_path, model={"kernel": "implicit", "conv": flipped})).endswith("last.ckpt")
     with pytest.raises(ConfigError, match=r"different model\.conv\.channels;"):
         resume_path(_cfg(tmp_path, model={"kernel": "implicit", "conv": {**flipped, "channels": 16}}))
@@ -67,5 +68,6 @@ def test_execution_options_keep_the_parameters():
     small = {"channels": 2, "n_layers": 2, "n_rbf": 4}
     states = [QM9Model(group={"name": "o3"}, targets=["homo"], num_features=2, num_blocks=1,
                        conv={**small, **execution}).state_dict()
-              for execution in ({}, {"path": "reference", "chunk_edges": 64, "compile_mlp": True})]
+              for execution in ({}, {"path": "reference", "chunk_edges": 64, "compile_mlp": True,
+                                     "contraction": "dense"})]
     assert {k: v.shape for k, v in states[0].items()} == {k: v.shape for k, v in states[1].items()}
